@@ -1,0 +1,1 @@
+"""Ingot appliances: one package each, a manifest plus a small application."""

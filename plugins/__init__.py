@@ -1,0 +1,1 @@
+"""Ingot plugins: device backends and protocol libraries, each a pluggy plugin."""
