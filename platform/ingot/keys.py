@@ -178,6 +178,12 @@ def positive(value: int | float) -> None:
         raise ValueError(f"must be positive, got {value}")
 
 
+def non_negative(value: int | float) -> None:
+    """A validator: the value must be >= 0."""
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+
+
 def port(value: int) -> None:
     """A validator: a TCP/UDP port number (0 means any free port)."""
     if not 0 <= value <= 65535:
@@ -238,7 +244,11 @@ def resolve(keys: Iterable[Key], given: Mapping[str, str], env: Mapping[str, str
         elif extra_sources and k.name in extra_sources:
             out[k.name] = k.parse(extra_sources[k.name], "kernel command line")
         elif k.name in baked:
-            out[k.name] = k.check(baked[k.name], "image")
+            value = baked[k.name]
+            if k.type not in _PARSERS and isinstance(value, str):
+                out[k.name] = k.parse(value, "image")
+            else:
+                out[k.name] = k.check(value, "image")
         elif not k.required:
             out[k.name] = k.default
         else:

@@ -1,0 +1,1 @@
+"""The hello appliance: the MirageOS tutorial's first unikernel."""
