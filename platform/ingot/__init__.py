@@ -5,11 +5,24 @@ The platform: device signatures (:mod:`ingot.signatures`), hooks
 Plugins mark hook implementations with :data:`hookimpl`.
 """
 
-import pluggy
+from __future__ import annotations
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 
-hookimpl = pluggy.HookimplMarker("ingot")
-"""Marks a plugin's hook implementation: ``@ingot.hookimpl``."""
-
 __all__ = ["hookimpl", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # pluggy is imported on first use, so that an image's first log line does
+    # not wait for it
+    if name == "hookimpl":
+        import pluggy
+
+        marker = pluggy.HookimplMarker("ingot")
+        globals()["hookimpl"] = marker
+        return marker
+    raise AttributeError(f"module 'ingot' has no attribute {name!r}")

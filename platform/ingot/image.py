@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zipfile
 from collections.abc import Iterator
 
 PLAN_PATH = "_ingot/plan.json"
@@ -43,6 +42,8 @@ class ZipData(ImageData):
     """Data stored in a zip image (the ``unix`` target)."""
 
     def __init__(self, archive: str, device: str, digests: dict[str, str] | None = None) -> None:
+        import zipfile
+
         self._zip = zipfile.ZipFile(archive)
         self._prefix = f"{DATA_PREFIX}{device}/"
         self._digests = digests or {}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+TYPE_CHECKING = False  # typing is not imported at start-up
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 

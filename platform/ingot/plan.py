@@ -9,7 +9,6 @@ plugins.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -96,6 +95,8 @@ class Plan:
 
     @classmethod
     def from_toml(cls, text: str, where: str = "plan") -> "Plan":
+        import tomllib
+
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -1,113 +1,25 @@
-"""A plugin package from outside the tree, installed into a fresh venv with pip,
+"""The plugin guide's worked example (docs/examples/), a plugin package from outside the tree, installed into a fresh venv with pip,
 provides a new device kind and a backend; an out-of-tree appliance uses it;
 the image runs on a Python that has neither installed."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, run_image
+from tests.conftest import ROOT, Cli, run_image
 
-PLUGIN_PYPROJECT = """
-[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "ingot-fortune"
-version = "1.0"
-
-[project.entry-points."ingot.plugins"]
-fortune = "ingot_fortune"
-
-[tool.setuptools]
-py-modules = ["ingot_fortune", "ingot_fortune_device"]
-"""
-
-PLUGIN = '''
-"""Fortunes: a device kind of its own, with one backend."""
-from typing import Protocol
-
-import ingot
-from ingot.keys import key
-from ingot.registry import DeviceSpec
-
-
-class Fortune(Protocol):
-    """Hands out sayings."""
-
-    def next(self) -> str:
-        """The next saying."""
-        ...
-
-
-@ingot.hookimpl
-def ingot_kinds_register():
-    return {"fortune": Fortune}
-
-
-@ingot.hookimpl
-def ingot_devices_register():
-    return [DeviceSpec("fortune", "cookie", "ingot_fortune_device:connect",
-                       "Sayings from a list", default_on=("unix",),
-                       keys=(key("sayings", list, "Comma-separated sayings", ["fortune"]),))]
-
-
-@ingot.hookimpl
-def ingot_device_connected(name, spec, device):
-    print(f"fortune plugin saw device {name} ({spec.kind}/{spec.backend})", flush=True)
-'''
-
-DEVICE = '''
-class Cookie:
-    def __init__(self, sayings):
-        self.sayings = list(sayings)
-        self.i = 0
-
-    def next(self):
-        self.i += 1
-        return self.sayings[(self.i - 1) % len(self.sayings)]
-
-
-def connect(ctx):
-    if not ctx.keys["sayings"]:
-        raise ValueError("no sayings given")
-    return Cookie(ctx.keys["sayings"])
-'''
-
-MANIFEST = '''
-from ingot.manifest import Appliance, device
-from ingot.keys import key
-from ingot_fortune import Fortune
-
-appliance = Appliance(name="oracle", main="app:Oracle", doc="says things", ambient=False,
-                      devices=[device("fortune", Fortune)],
-                      keys=[key("n", int, "how many", 2)])
-'''
-
-APP = '''
-class Oracle:
-    def __init__(self, fortune, keys, log):
-        self.fortune, self.keys, self.log = fortune, keys, log
-
-    async def start(self):
-        for _ in range(self.keys.n):
-            self.log.info("oracle says", saying=self.fortune.next())
-'''
+EXAMPLES = ROOT / "docs" / "examples"
 
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
     base = tmp_path_factory.mktemp("thirdparty")
     pkg = base / "ingot-fortune"
-    pkg.mkdir()
-    (pkg / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
-    (pkg / "ingot_fortune.py").write_text(PLUGIN)
-    (pkg / "ingot_fortune_device.py").write_text(DEVICE)
+    shutil.copytree(EXAMPLES / "ingot-fortune", pkg)
     env_dir = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", env_dir], check=True)
     py = env_dir / "bin" / "python"
@@ -121,10 +33,7 @@ def venv(tmp_path_factory):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     app = base / "apps" / "oracle"
-    app.mkdir(parents=True)
-    (app / "__init__.py").write_text("")
-    (app / "manifest.py").write_text(textwrap.dedent(MANIFEST))
-    (app / "app.py").write_text(textwrap.dedent(APP))
+    shutil.copytree(EXAMPLES / "oracle", app)
     return py, app, base
 
 
