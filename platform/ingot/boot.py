@@ -261,15 +261,6 @@ async def _serve(booted: Booted) -> int:
     return code
 
 
-def _event_loop_policy() -> Any:
-    """uvloop's policy when an image ships it, else None (asyncio's default)."""
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return uvloop.EventLoopPolicy()
-
-
 def run(raw_plan: dict[str, Any], argv: list[str], image: str | None,
         env: Mapping[str, str], log: logmod.Logger) -> int:
     """Everything after the first log line; returns the exit code."""
@@ -297,11 +288,10 @@ def run(raw_plan: dict[str, Any], argv: list[str], image: str | None,
         return EXIT_BOOT
     import asyncio
 
-    policy = _event_loop_policy()
-    if policy is not None:
-        asyncio.set_event_loop_policy(policy)
+    factory = booted.pm.hook.ingot_loop_select(plan=plan, device_keys=booted.device_keys)
     try:
-        return asyncio.run(_serve(booted))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_serve(booted))
     except BootError as exc:
         log.error(exc.message, **({"hint": exc.hint} if exc.hint else {}))
         return EXIT_BOOT

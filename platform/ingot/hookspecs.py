@@ -16,6 +16,7 @@ ingot_kinds_register      yes          yes       yes      yes
 ingot_devices_register    yes          yes       yes      yes
 ingot_plan_validate       yes
 ingot_image_collect                    yes
+ingot_loop_select                                yes
 ingot_device_connected                           yes
 ingot_appliance_stopped                          yes
 ========================  ===========  ========  =======  ===============
@@ -26,6 +27,7 @@ image registers only the plugins its plan names (no entry-point scanning).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -108,6 +110,25 @@ def ingot_image_collect(plan: Plan, image: ImageWriter) -> None:
 
 # --------------------------------------------------------------------------
 # boot
+
+
+@hookspec(firstresult=True)
+def ingot_loop_select(plan: Plan, device_keys: Mapping[str, Mapping[str, Any]]
+                      ) -> Callable[[], Any] | None:
+    """Choose the event loop the image runs on, before it starts.
+
+    Called once at boot inside an image, on the plugins the plan names,
+    after runtime keys are parsed and before any device connects (devices
+    connect inside the running loop). The first non-None result wins; with
+    none, asyncio's own loop is used. The ``socket`` stack answers with
+    uvloop's loop when the image carries uvloop and its ``uvloop`` key is
+    true.
+
+    :param plan: the image's plan.
+    :param device_keys: each device's key values by device name, then by the
+        backend's short key name.
+    :return: a loop factory (a callable returning a new event loop), or None.
+    """
 
 
 @hookspec

@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "random": "ingot.plugins.random",
     "kv": "ingot.plugins.kv",
     "stack-socket": "ingot.plugins.stack_socket",
+    "tls": "ingot.plugins.tls",
 }
 """Plugin name -> module of the plugins that ship with Ingot."""
 

@@ -257,7 +257,10 @@ class KvRO(Protocol):
         ...
 
     async def get_partial(self, key: str, offset: int, length: int) -> bytes:
-        """At most ``length`` bytes of the value from ``offset`` (short at the end)."""
+        """At most ``length`` bytes of the value from ``offset`` (short at the end).
+
+        A negative ``offset`` or ``length`` raises ``ValueError``.
+        """
         ...
 
     async def list(self, key: str) -> list[tuple[str, Kind]]:
@@ -312,8 +315,9 @@ class KvRW(KvRO, Protocol):
     the change survives a crash of the process or the machine (the ``memory``
     backend excepted, by definition). A write that fails leaves the previous
     value in place. ``set`` on a key whose parent is a value raises
-    ``DictionaryExpected``; setting a key that is a dictionary raises
-    ``ValueExpected``.
+    ``DictionaryExpected`` naming that value; setting a key that is a
+    dictionary raises ``ValueExpected``. Dictionaries exist only while they
+    hold something: a removal or rename that empties one removes it too.
     """
 
     async def set(self, key: str, value: bytes, *, if_digest: bytes | None = None) -> None:
@@ -325,7 +329,10 @@ class KvRW(KvRO, Protocol):
         ...
 
     async def remove(self, key: str) -> None:
-        """Remove ``key`` (a value or a whole dictionary). Absent: no-op."""
+        """Remove ``key`` (a value or a whole dictionary). Absent: no-op.
+
+        ``remove("")`` empties the store.
+        """
         ...
 
     async def rename(self, source: str, dest: str) -> None:
@@ -347,6 +354,8 @@ class KvRW(KvRO, Protocol):
 
         Events from writes in this process arrive in order; changes made
         outside (another process, a ``git`` pull) arrive once noticed.
+        ``Watcher.close()`` ends the iteration; closing the store makes a
+        watcher waiting for the next event raise ``Closed``.
         """
         ...
 

@@ -5,7 +5,8 @@ is a script: ``$ command`` lines run with bash in a scratch folder that sees
 the repository's appliances/, configs/ and docs/; a ``# expect: TEXT`` line
 after a command asserts that its output contains TEXT. A command ending in
 ``&`` starts a server: it runs in the background until the block ends, must
-log "appliance started" first, and must stop with exit 0 on SIGTERM.
+print its ``# expect:`` texts (or "appliance started") before the next command runs,
+and must stop with exit 0 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def test_doc_commands_run(doc: Path, tmp_path: Path):
         try:
             for command, expects in steps:
                 if command.endswith("&"):
-                    background.append((command, _start(command[:-1], tmp_path, env)))
+                    ready = expects or ["appliance started"]
+                    background.append((command, _start(command[:-1], tmp_path, env, ready)))
                     continue
                 proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
                                       capture_output=True, text=True, timeout=120)
@@ -92,7 +94,7 @@ def test_doc_commands_run(doc: Path, tmp_path: Path):
                 assert rc == 0, f"{doc.name}: `{command}` did not stop cleanly ({rc})"
 
 
-def _start(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+def _start(command: str, cwd: Path, env: dict[str, str], ready: list[str]) -> subprocess.Popen:
     log = open(cwd / f"bg-{time.monotonic_ns()}.log", "w+")
     proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -100,8 +102,7 @@ def _start(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
     while time.monotonic() < deadline:
         log.seek(0)
         text = log.read()
-        if "appliance started" in text:
-            time.sleep(0.2)
+        if all(t in text for t in ready):
             return proc
         if proc.poll() is not None:
             raise AssertionError(f"`{command}` exited ({proc.returncode}):\n{text}")

@@ -1,0 +1,1 @@
+"""The echo appliance: TCP and UDP echo with a greeting (the smallest real appliance)."""
