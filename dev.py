@@ -34,8 +34,8 @@ def run(*cmd: str | os.PathLike[str], check: bool = True, **kw) -> int:
 
 
 def debian_packages() -> None:
-    wanted = [p for p in (ROOT / ".ci" / "debian-packages.txt").read_text().split()
-              if not p.startswith("#")]
+    lines = (ROOT / ".ci" / "debian-packages.txt").read_text().splitlines()
+    wanted = [word for line in lines for word in line.partition("#")[0].split()]
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return
     missing = [p for p in wanted
