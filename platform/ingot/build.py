@@ -115,6 +115,31 @@ def _pyc(source: bytes, path: str) -> bytes:
     return header + importlib.util.source_hash(source) + marshal.dumps(code)
 
 
+def _strip(data: bytes, name: str) -> bytes:
+    """Native code without its symbol tables (``strip --strip-unneeded``).
+
+    Debug symbols are most of a typical wheel's extension module (uvloop:
+    13 MB before, 1.6 MB after). Deterministic; skipped when binutils'
+    ``strip`` is not installed or fails (the file is then kept as it is).
+    """
+    import shutil
+    import subprocess
+
+    tool = shutil.which("strip")
+    if tool is None:
+        return data
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "in.so"), os.path.join(tmp, "out.so")
+        with open(src, "wb") as fh:
+            fh.write(data)
+        proc = subprocess.run([tool, "--strip-unneeded", "-o", dst, src],
+                              capture_output=True)
+        if proc.returncode != 0:
+            return data
+        with open(dst, "rb") as fh:
+            return fh.read()
+
+
 def _zipinfo(name: str, mode: int = 0o644) -> zipfile.ZipInfo:
     zi = zipfile.ZipInfo(name, date_time=EPOCH)
     zi.compress_type = zipfile.ZIP_DEFLATED
@@ -180,6 +205,8 @@ def build(plan: Plan, out_dir: Path, *,
         top = mod.name.split(".")[0]
         if top in clo.native:
             path = NATIVE_PREFIX + mod.path
+            if mod.kind == "extension":
+                data = _strip(data, mod.name)
             add(path, data, "native" if mod.kind == "extension" else "module", mod.name)
             native_files.append(path)
             continue

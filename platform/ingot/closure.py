@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 _EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 _SKIP_DIRS = {"__pycache__", "tests", "test"}
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".pyi")
+_SOURCE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs")
+"""Sources of native code shipped in some wheels; an image runs the compiled form."""
 
 
 @dataclass
@@ -128,7 +130,7 @@ def _walk_package_files(top_dir: str) -> Iterable[str]:
     for base, dirs, files in os.walk(top_dir):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
         for fname in sorted(files):
-            if fname.endswith(_SKIP_SUFFIXES) or fname.startswith("."):
+            if fname.endswith(_SKIP_SUFFIXES + _SOURCE_SUFFIXES) or fname.startswith("."):
                 continue
             yield os.path.join(base, fname)
 
@@ -208,7 +210,8 @@ def compute(roots: Iterable[str], *, include_stdlib: bool = False,
             for fname in sorted(os.listdir(pkg_dir)):
                 full = os.path.join(pkg_dir, fname)
                 if (os.path.isfile(full) and not fname.startswith(".")
-                        and not fname.endswith((".py",) + _SKIP_SUFFIXES + _EXT)):
+                        and not fname.endswith((".py",) + _SKIP_SUFFIXES + _SOURCE_SUFFIXES
+                                               + _EXT)):
                     result.data["/".join(parts) + "/" + fname] = full
     # a missing name whose parent is a plain module was "from mod import attr"
     result.missing = {m for m in result.missing if m not in result.modules}
