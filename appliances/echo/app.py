@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ingot.signatures import Address, ConnectionReset, Datagrams, DeviceError, Flow, KvRO, Stack
+from ingot.signatures import (Address, ConnectionReset, Datagrams, DeviceError, Flow, KvRO, Stack,
+                              Unsupported)
 
 DEFAULT_GREETING = b"Hello from Ingot echo\n"
 GREETING_MAX = 4096
@@ -64,23 +65,32 @@ class Echo:
         """Listen and echo until cancelled; then close both sockets."""
         self.greeting = await self._load_greeting()
         host = self._keys.host
-        listener = await self._stack.listen_tcp(host, self._keys.port, self._serve)
+        listener = None
+        try:
+            listener = await self._stack.listen_tcp(host, self._keys.port, self._serve)
+        except Unsupported as exc:  # a stack without TCP: echo over UDP only
+            self._log.warning("no TCP echo", reason=str(exc))
+        port = listener.address[1] if listener else self._keys.port
         try:
             # Port 0 asks for any port: UDP then takes the one TCP got.
-            self._udp = await self._stack.bind_udp(host, listener.address[1], self._echo)
+            self._udp = await self._stack.bind_udp(host, port, self._echo)
         except BaseException:
-            listener.close()
+            if listener:
+                listener.close()
             raise
-        self.tcp_address, self.udp_address = listener.address, self._udp.address
-        self._log.info("listening", proto="tcp", host=self.tcp_address[0],
-                       port=self.tcp_address[1])
+        self.udp_address = self._udp.address
+        if listener:
+            self.tcp_address = listener.address
+            self._log.info("listening", proto="tcp", host=self.tcp_address[0],
+                           port=self.tcp_address[1])
         self._log.info("listening", proto="udp", host=self.udp_address[0],
                        port=self.udp_address[1])
         self.ready.set()
         try:
             await asyncio.get_running_loop().create_future()  # until cancelled
         finally:
-            listener.close()
+            if listener:
+                listener.close()
             self._udp.close()
             self._log.info("stopped", connections=self.connections, refused=self.refused,
                            datagrams=self.datagrams, dropped=self._udp.dropped)

@@ -43,6 +43,15 @@ class Closed(DeviceError):
         self.what = what
 
 
+class Unsupported(DeviceError):
+    """The backend does not implement this operation (e.g. TCP on a stack without it)."""
+
+    def __init__(self, what: str, backend: str) -> None:
+        super().__init__(f"{what} is not supported by the {backend} backend")
+        self.what = what
+        self.backend = backend
+
+
 class InvalidKey(DeviceError):
     """A store key is malformed (empty segment, ``..``, NUL, too long)."""
 
@@ -520,7 +529,8 @@ class Stack(Protocol):
         """Accept connections on ``(host, port)``, running ``handler`` for each.
 
         Each handler runs in its own task; an exception in it is logged and
-        closes only that flow. Raises ``AddressInUse``.
+        closes only that flow. Raises ``AddressInUse``, or ``Unsupported``
+        on a stack without TCP.
         """
         ...
 
