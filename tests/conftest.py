@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["ingot.testing.pytest_netns"]
+
 
 @dataclass
 class Result:

@@ -127,7 +127,8 @@ def resolve(loaded: manifest_mod.Loaded, target: str, argv: Sequence[str],
             if len(same) == 1:
                 dev.deps[role] = same[0].name
                 continue
-            sub = f"{dev.name}_{role}"
+            # named after its role (--net tap) unless that name is taken
+            sub = role if not any(d.name == role for d in devices) else f"{dev.name}_{role}"
             if not any(d.name == sub for d in devices):
                 spec = _choose(sub, kind, target, opts, None, registry)
                 devices.append(_Dev(sub, kind, spec, {}, f"required by {dev.name}"))

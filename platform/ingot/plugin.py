@@ -40,6 +40,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "kv": "ingot.plugins.kv",
     "stack-socket": "ingot.plugins.stack_socket",
     "tls": "ingot.plugins.tls",
+    "stack-direct": "ingot.plugins.stack_direct",
+    "netif": "ingot.plugins.netif",
 }
 """Plugin name -> module of the plugins that ship with Ingot."""
 

@@ -592,7 +592,10 @@ class Tun(Protocol):
         ...
 
     def write(self, packet: bytes) -> None:
-        """Send one packet; never blocks (a full queue drops and counts it)."""
+        """Send one packet; never blocks (a full queue drops and counts it).
+
+        Raises ``MessageTooLong`` above ``mtu``.
+        """
         ...
 
     def close(self) -> None:

@@ -1,0 +1,77 @@
+"""The ``tun/tun`` device: IP packets through a Linux tun interface.
+
+The device opens ``/dev/net/tun`` and attaches to interface ``ifname``
+(``TUNSETIFF`` with ``IFF_TUN | IFF_NO_PI``): a persistent interface made
+beforehand (``ip tuntap add NAME mode tun``) or, when there is none, a new
+one that goes away with the device. The link is brought up; addresses and
+routes are the host's business.
+
+With ``vnet-hdr`` (``IFF_VNET_HDR``, ``TUNSETVNETHDRSZ`` 10) and ``offload``
+on, the device tells the kernel (``TUNSETOFFLOAD``) that it takes
+unfinished checksums and TCP (and, from Linux 6.2, UDP) GSO super-packets:
+the kernel then skips segmenting and checksumming, and ``read_vnet()``
+gets up to 64 KiB per read. Without ``vnet-hdr`` the offloads are set to
+none, so every packet read is finished by the kernel. See
+:mod:`ingot.plugins.netif.device` for reading, writing and counting.
+
+:class:`TunTap` is shared with the tap backend (:mod:`.tap`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from ingot.registry import DeviceContext
+
+from .device import QUEUE, FdDevice
+from .linux import (
+    IFF_NO_PI,
+    IFF_TUN,
+    IFF_VNET_HDR,
+    OFFLOADS,
+    Interface,
+    attach_tun,
+    set_offload,
+    set_vnet_size,
+)
+
+
+class TunTap(FdDevice):
+    """A tun (or, in :class:`~ingot.plugins.netif.tap.TapNet`, tap) interface."""
+
+    MODE = IFF_TUN
+    KIND = "tun"
+    ETHERNET = False
+
+    def __init__(self, ifname: str, *, vnet: bool = False, offload: bool = True,
+                 log: Any = None, queue: int = QUEUE) -> None:
+        fd, name = attach_tun(ifname, self.MODE | IFF_NO_PI | (IFF_VNET_HDR if vnet else 0))
+        iface = None
+        try:
+            if vnet:
+                set_vnet_size(fd, name)
+            self.offloads = set_offload(fd, name, OFFLOADS if vnet and offload else 0)
+            iface = Interface(name)
+            iface.set_up()
+            super().__init__(f"{self.KIND} {name}", fd, iface=iface,
+                             recv=functools.partial(os.read, fd),
+                             send=functools.partial(os.write, fd),
+                             sendv=functools.partial(os.writev, fd),
+                             vnet=vnet, ethernet=self.ETHERNET,
+                             closer=functools.partial(os.close, fd), log=log, queue=queue)
+        except BaseException:
+            if iface is not None:
+                iface.close()
+            os.close(fd)
+            raise
+
+
+def connect(ctx: DeviceContext) -> TunTap:
+    """The device factory."""
+    dev = TunTap(ctx.keys["ifname"], vnet=ctx.keys["vnet-hdr"], offload=ctx.keys["offload"],
+                 log=ctx.log)
+    ctx.log.info("tun attached", ifname=dev.ifname, mtu=dev.mtu, vnet_hdr=dev.vnet,
+                 offloads=hex(dev.offloads))
+    return dev
