@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set up and run Ingot on a fresh machine with only python3 on it.
 
-    python3 dev.py demo     build the hello appliance and run it
+    python3 dev.py demo     build the DNS appliance, run it, query it, stop it
+    python3 dev.py hello    build the hello appliance and run it
     python3 dev.py test     run the whole test suite (pytest arguments may follow)
     python3 dev.py bench    run the benchmarks (tests/bench)
     python3 dev.py setup    only create .venv and install Ingot into it
@@ -69,6 +70,9 @@ def main(argv: list[str]) -> int:
     if what == "setup":
         setup()
     elif what == "demo":
+        setup()
+        return run(PY, ROOT / "tests" / "demo_dns.py", *argv[1:], check=False, cwd=ROOT)
+    elif what == "hello":
         setup()
         ingot("configure", "appliances/hello", "--target", "unix")
         ingot("build", "appliances/hello")

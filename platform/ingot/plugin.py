@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "tls": "ingot.plugins.tls",
     "stack-direct": "ingot.plugins.stack_direct",
     "netif": "ingot.plugins.netif",
+    "dns": "ingot.plugins.dns",
 }
 """Plugin name -> module of the plugins that ship with Ingot."""
 

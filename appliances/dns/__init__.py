@@ -1,0 +1,1 @@
+"""The DNS appliance: an authoritative server (primary or secondary) with zones from a store."""

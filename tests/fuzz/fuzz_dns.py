@@ -1,0 +1,154 @@
+"""Fuzz target for the DNS server core's query path: ``handle()`` on any bytes.
+
+No exception may leave :func:`ingot.plugins.dns.server.handle`; a reply, when
+there is one, is a response (QR set) with the query's ID and never SERVFAIL
+(SERVFAIL would mean the core hit a bug and caught it). The state serves a
+small zone with every kind of answer (CNAME chains, wildcards, empty
+non-terminals, a delegation, a large RRset). Run::
+
+    python tests/fuzz/fuzz_dns.py [CORPUS_DIR] -atheris_runs=100000   # libFuzzer flags
+    python tests/fuzz/fuzz_dns.py --plain 100000 [--seed N]
+
+With atheris installed the DNS modules are instrumented and libFuzzer drives
+the target; ``--plain`` feeds random bytes and mutated valid queries
+(:func:`seeds`, with DNS-aware changes) deterministically from ``--seed``. The netstack runner
+(``run.py``) knows only ``fuzz_netstack.py``; run this file on its own.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import sys
+import time
+
+try:
+    import atheris
+except ImportError:  # the plain driver still works
+    atheris = None
+
+if atheris is not None and "--plain" not in sys.argv:
+    with atheris.instrument_imports(include=["ingot.plugins.dns"]):
+        from ingot.plugins.dns.server import SERVFAIL, ServerState, handle
+        from ingot.plugins.dns.zonefile import load_zone
+else:
+    from ingot.plugins.dns.server import SERVFAIL, ServerState, handle
+    from ingot.plugins.dns.zonefile import load_zone
+
+ZONE = """\
+$ORIGIN example.com.
+$TTL 300
+@ SOA ns1 hostmaster 1 3600 900 604800 60
+  NS ns1
+  MX 10 mail
+ns1 A 192.0.2.1
+mail A 192.0.2.25
+www A 192.0.2.10
+www AAAA 2001:db8::10
+alias CNAME www
+loop CNAME loop
+*.wild A 192.0.2.99
+a.b.ent TXT "x"
+sub NS ns.sub
+sub DS 1 8 2 AB
+ns.sub A 192.0.2.53
+""" + "".join(f'big TXT "{i:03} padding padding padding padding padding"\n' for i in range(40))
+
+STATE = ServerState.create([load_zone(ZONE)])
+
+
+def _check(data: bytes, proto: str) -> bool:
+    global STATE
+    STATE, replies, _ = handle(STATE, 0, proto, ("192.0.2.1", 5353), data)
+    for reply in replies:
+        assert len(reply) >= 12 and reply[2] & 0x80, reply
+        assert reply[:2] == data[:2]
+        assert reply[3] & 0xF != SERVFAIL, (data.hex(), reply.hex())
+    return bool(replies)
+
+
+def t_query(data: bytes) -> None:
+    """The input over UDP, then over TCP (the first byte picks the order)."""
+    first, second = ("udp", "tcp") if not data or data[0] & 1 else ("tcp", "udp")
+    _check(data, first)
+    _check(data, second)
+
+
+def _q(name: bytes, qtype: int, flags: int = 0x0100, opt: bytes = b"") -> bytes:
+    labels = b"".join(bytes([len(p)]) + p for p in name.split(b".") if p) + b"\0"
+    return struct.pack("!HHHHHH", 0x1234, flags, 1, 0, 0, 1 if opt else 0) + labels + \
+        struct.pack("!HH", qtype, 1) + opt
+
+
+def seeds() -> list[bytes]:
+    opt = b"\0\0\x29\x04\xd0\0\0\x80\0\0\x00"
+    cookie = b"\0\0\x29\x04\xd0\0\0\0\0\0\x0c\0\x0a\0\x08abcdefgh"
+    return [_q(b"www.example.com", 1), _q(b"WwW.example.com", 28, opt=opt),
+            _q(b"alias.example.com", 1, opt=cookie), _q(b"x.wild.example.com", 15),
+            _q(b"nope.example.com", 1), _q(b"b.ent.example.com", 16), _q(b"x.sub.example.com", 1),
+            _q(b"sub.example.com", 43), _q(b"big.example.com", 16, opt=opt),
+            _q(b"example.com", 255), _q(b"example.com", 252), _q(b"example.org", 1),
+            _q(b"www.example.com", 1, flags=0x2000), _q(b"loop.example.com", 1)]
+
+
+def _mutate(rnd: random.Random, data: bytes) -> bytes:
+    """One DNS-aware change: a header count, the flags, a label length, the
+    QTYPE, the OPT, a cut, or random bytes spliced in."""
+    raw = bytearray(data)
+    kind = rnd.randrange(7)
+    if kind == 0:      # a section count
+        at = rnd.choice((4, 6, 8, 10))
+        raw[at:at + 2] = rnd.randrange(5).to_bytes(2, "big")
+    elif kind == 1:    # the flags word (opcode, QR, TC, Z, rcode)
+        raw[2:4] = rnd.randrange(65536).to_bytes(2, "big")
+    elif kind == 2 and len(raw) > 12:   # a label length or a compression pointer
+        raw[12 + rnd.randrange(len(raw) - 12)] = rnd.choice((0, 1, 63, 64, 0xC0, 0xFF))
+    elif kind == 3:    # the QTYPE (found after the first zero byte of the name)
+        end = raw.find(0, 12)
+        if 0 < end < len(raw) - 2:
+            raw[end + 1:end + 3] = rnd.choice((1, 6, 41, 250, 251, 252, 255, 65535)).to_bytes(
+                2, "big")
+    elif kind == 4 and len(raw) >= 12:    # an OPT (version, payload, options) appended
+        raw[11] = raw[11] + 1 if raw[11] < 255 else 0
+        raw += b"\0\0\x29" + rnd.randbytes(6) + rnd.choice((b"\0\0", b"\0\x04\0\x0a\0\0"))
+    elif kind == 5:    # cut anywhere
+        del raw[rnd.randrange(len(raw) + 1):]
+    else:              # random bytes somewhere
+        at = rnd.randrange(len(raw) + 1)
+        raw[at:at] = rnd.randbytes(rnd.randrange(1, 9))
+    return bytes(raw)
+
+
+def run_plain(runs: int, seed: int) -> None:
+    """Random bytes and mutated seeds, ``runs`` of them."""
+    rnd = random.Random(seed)
+    corpus = seeds()
+    for i in range(runs):
+        data = rnd.randbytes(rnd.randrange(200)) if i % 4 == 0 else rnd.choice(corpus)
+        for _ in range(rnd.randrange(4) if i % 4 else 0):
+            data = _mutate(rnd, data)
+        try:
+            t_query(data)
+        except Exception:
+            sys.stderr.write(f"input {i} ({data.hex()}) raised:\n")
+            raise
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 2
+    if "--plain" in argv or atheris is None:
+        runs = int(argv[argv.index("--plain") + 1]) if "--plain" in argv else 100_000
+        seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
+        t0 = time.monotonic()
+        run_plain(runs, seed)
+        print(f"plain: {runs} inputs in {time.monotonic() - t0:.1f} s, no failure")
+        return 0
+    atheris.Setup([sys.argv[0], *argv], t_query)
+    atheris.Fuzz()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

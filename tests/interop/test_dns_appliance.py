@@ -1,0 +1,204 @@
+"""The DNS appliance image against real peers: nsupdate with TSIG (one git commit per
+update, refused without the key), Knot as its secondary (AXFR, then IXFR after NOTIFY),
+and the appliance as a secondary of Knot."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Cli
+from tests.integration.test_dns_image import Server, free_port
+
+SECRET = base64.b64encode(b"ingot-test-secret-0123456789abcd").decode()
+TSIG = f"hmac-sha256:upd.key:{SECRET}"
+ZONE = """$ORIGIN example.test.
+$TTL 300
+@ IN SOA ns1 hostmaster 2026112801 60 30 600 60
+  IN NS ns1
+ns1 IN A 192.0.2.1
+www IN A 192.0.2.10
+"""
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    assert path, f"{tool} is not installed (see .ci/debian-packages.txt)"
+    return path
+
+
+def dig(port: int, *args: str) -> str:
+    return subprocess.run([need("dig"), "@127.0.0.1", "-p", str(port), "+norec", "+time=2",
+                           "+tries=2", *args], capture_output=True, text=True, timeout=30).stdout
+
+
+def wait_for(what, predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def nsupdate(port: int, commands: str, key: str | None = TSIG) -> subprocess.CompletedProcess:
+    script = f"server 127.0.0.1 {port}\nzone example.test.\n{commands}\nsend\n"
+    args = [need("nsupdate")] + (["-y", key] if key else [])
+    return subprocess.run(args, input=script, capture_output=True, text=True, timeout=30)
+
+
+class Knot:
+    def __init__(self, folder: Path, *, primary: int | None = None, zone: str | None = None,
+                 notify_to: int | None = None, port: int | None = None) -> None:
+        need("knotd")
+        self.folder, self.port = folder, port or free_port()
+        (folder / "zones").mkdir(parents=True)
+        (folder / "db").mkdir()
+        if zone is not None:
+            (folder / "zones" / "example.test.zone").write_text(zone)
+        remotes = []
+        if primary is not None:
+            remotes.append(f"  - id: primary\n    address: 127.0.0.1@{primary}\n")
+        if notify_to is not None:
+            remotes.append(f"  - id: ingot\n    address: 127.0.0.1@{notify_to}\n")
+        zone_conf = "  - domain: example.test.\n    file: example.test.zone\n    acl: [xfr, notify]\n"
+        if primary is not None:
+            zone_conf += "    master: primary\n"
+        if notify_to is not None:
+            zone_conf += "    notify: ingot\n"
+        self.conf = folder / "knot.conf"
+        self.conf.write_text(
+            f"server:\n  rundir: {folder}\n  listen: 127.0.0.1@{self.port}\n"
+            "  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n"
+            f"database:\n  storage: {folder / 'db'}\n"
+            "log:\n  - target: stderr\n    any: info\n"
+            + (("remote:\n" + "".join(remotes)) if remotes else "")
+            + "acl:\n  - id: xfr\n    address: 127.0.0.0/8\n    action: transfer\n"
+            "  - id: notify\n    address: 127.0.0.0/8\n    action: notify\n"
+            f"template:\n  - id: default\n    storage: {folder / 'zones'}\n"
+            "    zonefile-sync: -1\n    journal-content: changes\n"
+            f"zone:\n{zone_conf}")
+        self.log = open(folder / "knotd.log", "wb")
+        self.proc = subprocess.Popen(["knotd", "-c", str(self.conf)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def knotc(self, *args: str) -> str:
+        return subprocess.run(["knotc", "-c", str(self.conf), *args], capture_output=True,
+                              text=True, timeout=30).stdout
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return (self.folder / "knotd.log").read_text(errors="replace")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.fixture
+def primary(cli: Cli, tmp_path: Path):
+    """A primary with zones from a folder, updates allowed for upd.key, kept in git."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "example.test.zone").write_text(ZONE)
+    repo = tmp_path / "store.git"
+    cli("configure", ROOT / "appliances" / "dns", "--zones", "direct", "--store", "git",
+        "--store-repo", str(repo), "--store-init", "true")
+    cli("build", ROOT / "appliances" / "dns")
+
+    def start(*extra: str) -> Server:
+        return Server(cli.image("dns-unix"), "--zones-path", str(zones), "--tsig-keys", TSIG,
+                      "--update-acl", "key:upd.key", "--transfer-acl", "127.0.0.0/8", *extra)
+    return start, repo
+
+
+def test_nsupdate_with_tsig_changes_the_answer_and_makes_one_commit(primary):
+    start, repo = primary
+    srv = start()
+    try:
+        res = nsupdate(srv.port, "update add new.example.test. 300 A 192.0.2.77")
+        assert res.returncode == 0, res.stderr
+        assert "192.0.2.77" in dig(srv.port, "+short", "new.example.test", "A")
+        assert "2026112802" in dig(srv.port, "+short", "example.test", "SOA")
+        log = git(repo, "log", "--format=%s", "main")
+        assert log.splitlines() == ["update example.test. serial 2026112802"]
+        stored = git(repo, "show", "main:example.test.zone")
+        assert "192.0.2.77" in stored
+        # without the key: refused, nothing changes
+        res = nsupdate(srv.port, "update add bad.example.test. 300 A 192.0.2.66", key=None)
+        assert res.returncode != 0 and "REFUSED" in res.stdout + res.stderr
+        assert dig(srv.port, "+short", "bad.example.test", "A").strip() == ""
+        assert len(git(repo, "log", "--format=%s", "main").splitlines()) == 1
+    finally:
+        srv.stop()
+    # a restart serves the updated version from the store (its serial is higher)
+    srv = start()
+    try:
+        assert "192.0.2.77" in dig(srv.port, "+short", "new.example.test", "A")
+    finally:
+        srv.stop()
+
+
+def test_knot_secondary_follows_by_axfr_then_ixfr_after_notify(primary, tmp_path):
+    start, _repo = primary
+    knot_port = free_port()
+    srv = start("--notify", f"127.0.0.1:{knot_port}")
+    knot = Knot(tmp_path / "knot", primary=srv.port, port=knot_port)
+    try:
+        wait_for("knot to transfer the zone",
+                 lambda: "192.0.2.10" in dig(knot.port, "+short", "www.example.test"))
+        res = nsupdate(srv.port, "update add late.example.test. 300 A 192.0.2.88")
+        assert res.returncode == 0, res.stderr
+        wait_for("knot to follow the update",
+                 lambda: "192.0.2.88" in dig(knot.port, "+short", "late.example.test"))
+    finally:
+        out = srv.stop()
+        log = knot.stop()
+    assert "IXFR" in log, log
+    assert 'msg="notify answered"' in out
+
+
+def test_appliance_as_secondary_of_knot(cli: Cli, tmp_path):
+    cli("configure", ROOT / "appliances" / "dns", "--zones", "direct")
+    cli("build", ROOT / "appliances" / "dns")
+    ingot_port = free_port()
+    knot = Knot(tmp_path / "knot", zone=ZONE, notify_to=ingot_port)
+    empty = tmp_path / "nozones"
+    empty.mkdir()
+    try:
+        wait_for("knot to start", lambda: "2026112801" in dig(knot.port, "+short", "example.test",
+                                                              "SOA"))
+        srv = Server(cli.image("dns-unix"), "--zones-path", str(empty), "--secondary-of",
+                     f"127.0.0.1:{knot.port}", "--secondary-zones", "example.test",
+                     "--transfer-acl", "127.0.0.0/8", port=ingot_port)
+        try:
+            wait_for("the appliance to pull the zone",
+                     lambda: "192.0.2.10" in dig(srv.port, "+short", "www.example.test"))
+            # change the zone on Knot: its NOTIFY makes the appliance pull an IXFR
+            for args in (("zone-begin",), ("zone-set", "fresh", "300", "A", "192.0.2.99"),
+                         ("zone-commit",)):
+                knot.knotc(args[0], "example.test.", *args[1:])
+            wait_for("knot to change", lambda: "192.0.2.99" in dig(knot.port, "+short",
+                                                                   "fresh.example.test"))
+            wait_for("the appliance to follow Knot",
+                     lambda: "192.0.2.99" in dig(srv.port, "+short", "fresh.example.test"))
+            # and it serves AXFR of what it holds
+            axfr = dig(srv.port, "example.test", "AXFR")
+            assert "fresh.example.test." in axfr and axfr.count("SOA") == 2
+        finally:
+            out = srv.stop()
+    finally:
+        knot.stop()
+    assert 'msg="zone transferred"' in out and "kind=ixfr" in out
