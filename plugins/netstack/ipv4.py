@@ -2,7 +2,9 @@
 
 Errors: :func:`parse` raises only :class:`~.errors.ParseError` (layer
 ``"ipv4"``): version not 4, header length below 20 or beyond the buffer,
-total length below the header or beyond the buffer, bad header checksum.
+total length below the header or beyond the buffer, bad header checksum,
+options that do not follow RFC 791's layout (a length byte below 2 or
+running past the header).
 A buffer longer than the total length (Ethernet padding) is fine: the
 payload stops at the total length.
 
@@ -128,8 +130,29 @@ def parse(data: Buffer, *, verify_checksum: bool = True) -> IPv4Packet:
         raise ParseError(_LAYER, f"total length {total} is beyond the {n} bytes received")
     if verify_checksum and ones_sum(mv[:ihl]) != 0xFFFF:
         raise ParseError(_LAYER, "bad header checksum")
+    if ihl > HEADER_LEN:
+        _check_options(mv, ihl)
     return IPv4Packet(src, dst, proto, mv[ihl:total], ttl, tos, ident, frag >> 13,
                       (frag & 0x1FFF) << 3, bytes(mv[HEADER_LEN:ihl]), total, cksum)
+
+
+def _check_options(mv: memoryview, ihl: int) -> None:
+    """Options are End of List (0), No Operation (1), or type, length (>= 2,
+    counting both bytes), value; the list ends at End of List or the header."""
+    i = HEADER_LEN
+    while i < ihl:
+        kind = mv[i]
+        if kind == 0:
+            return
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= ihl:
+            raise ParseError(_LAYER, f"option {kind} at byte {i} has no length")
+        length = mv[i + 1]
+        if length < 2 or i + length > ihl:
+            raise ParseError(_LAYER, f"option {kind} at byte {i} has a bad length {length}")
+        i += length
 
 
 def build(src: bytes, dst: bytes, proto: int, payload: Buffer = b"", *, ttl: int = 64,

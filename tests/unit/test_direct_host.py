@@ -122,6 +122,24 @@ def test_foreign_traffic_and_garbage_are_dropped_and_counted():
             c["udp.malformed"], c["ethernet.malformed"]) == (1, 1, 1, 1, 1)
 
 
+def test_ip_options_well_formed_are_answered_broken_are_dropped_and_counted():
+    h = host()
+    learn_peer(h)
+    ping = icmp.echo_request(1, 1, b"opt")
+    record_route = bytes([7, 7, 4]) + bytes(4)  # RFC 791 record route, one empty slot
+    for options in (b"\x01\x01\x01\x00", record_route):
+        (out,) = h.input(frame_ip(ipv4.build(PEER, ME, ipv4.PROTO_ICMP, ping,
+                                             options=options)), 1)
+        assert icmp.parse(ip_of(out).payload).type == icmp.ECHO_REPLY
+    broken = (bytes([7, 0, 0, 0]),        # length below 2
+              bytes([7, 9, 4, 0]),        # runs past the header
+              bytes([1, 1, 1, 0x44]))     # a type with no length byte
+    for options in broken:
+        assert h.input(frame_ip(ipv4.build(PEER, ME, ipv4.PROTO_ICMP, ping,
+                                           options=options)), 1) == []
+    assert h.counters["ipv4.malformed"] == len(broken)
+
+
 def test_unconfigured_host_takes_dhcp_replies_only():
     h = Host(MAC, 1500, is_open=lambda p: p == 68)
     offer = udp.build(67, 68, b"offer", PEER, ipv4.addr("10.137.0.77"))

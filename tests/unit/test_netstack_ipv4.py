@@ -47,12 +47,16 @@ def test_checksum_check_can_be_skipped():
 
 
 addrs = st.binary(min_size=4, max_size=4)
+_option = st.one_of(st.just(b"\x01"), st.tuples(st.integers(2, 255), st.binary(max_size=8)).map(
+    lambda t: bytes([t[0], len(t[1]) + 2]) + t[1]))
+options_st = st.lists(_option, max_size=8).map(b"".join).filter(lambda o: len(o) <= 40)
+"""Well-formed RFC 791 option lists (NOP, or type-length-value), up to 40 bytes."""
 
 
 @settings(max_examples=150, deadline=None)
 @given(addrs, addrs, st.integers(0, 255), st.binary(max_size=200), st.integers(0, 255),
        st.integers(0, 255), st.integers(0, 0xFFFF), st.integers(0, 7),
-       st.integers(0, 0x1FFF).map(lambda n: n * 8), st.binary(max_size=40))
+       st.integers(0, 0x1FFF).map(lambda n: n * 8), options_st)
 def test_build_parse_round_trip(src, dst, proto, payload, ttl, tos, ident, flags, frag, options):
     raw = ipv4.build(src, dst, proto, payload, ttl=ttl, tos=tos, ident=ident, flags=flags,
                      frag_offset=frag, options=options)
@@ -76,7 +80,7 @@ def test_build_refuses_impossible_packets():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(0, 255), st.binary(max_size=40), st.binary(max_size=20))
+@given(st.integers(0, 255), options_st, st.binary(max_size=20))
 def test_ttl_decrement_updates_checksum_incrementally(ttl, options, payload):
     raw = ipv4.build(A, B, 6, payload, ttl=ttl, options=options)
     buf = bytearray(b"xx" + raw)
