@@ -2,6 +2,9 @@
 
 * :class:`ZoneSet` reads ``<zone>.zone`` master files from the ``zones``
   store (kv_ro): each zone keeps its last good version when a file breaks.
+  A store that reads one version until told to look again (``kv_ro/git``
+  reads the commit its ``ref`` named at connect) is asked to ``refresh()``
+  first, so a new commit on the branch is seen at the next check.
 * :class:`ZoneStore` keeps what the server itself changed (dynamic updates,
   zones pulled as a secondary) in the ``store`` device (kv_rw): the zone as
   a master file ``<zone>.zone`` and its journal ``<zone>.journal``, written
@@ -62,9 +65,24 @@ class ZoneSet:
         self.zones: dict[str, Zone] = {}
         self.digests: dict[str, bytes] = {}
         self.errors: dict[str, str] = {}
+        self.store_error = ""
 
     async def refresh(self) -> list[Zone]:
-        """Load new and changed files; returns the zones that changed."""
+        """Load new and changed files; returns the zones that changed.
+
+        A file that disappears leaves its zone served at its last version.
+        """
+        moved = getattr(self.store, "refresh", None)
+        if moved is not None:
+            try:
+                await moved()
+            except DeviceError as exc:
+                if self.store_error != str(exc):
+                    self.log.error("cannot re-read the zones store; serving what was read",
+                                   error=str(exc))
+                self.store_error = str(exc)
+            else:
+                self.store_error = ""
         try:
             entries = await self.store.list("")
         except DeviceError as exc:
