@@ -169,7 +169,15 @@ class Booted:
                 raise BootError(f"{self.plan.main}: constructor parameter {pname!r} is not a "
                                 "device of the plan, 'keys' or 'log'",
                                 hint="name constructor parameters after the manifest's devices")
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - e.g. a key value the appliance rejects
+            import traceback
+            for line in traceback.format_exception(exc):
+                for sub in line.rstrip().splitlines():
+                    self.log.debug("traceback", line=sub)
+            raise BootError(f"appliance {self.plan.appliance!r} cannot start: {_describe(exc)}",
+                            hint="check its keys (run the image with --help)") from exc
 
 
 class _LazyZipData:

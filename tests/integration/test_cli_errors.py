@@ -111,6 +111,28 @@ def test_missing_runtime_key_at_boot(cli, tmp_path):
     assert res.rc == 0 and "mode=env" in res.out
 
 
+def test_constructor_that_rejects_a_key_value_is_one_line_at_boot(cli, tmp_path):
+    app = write_appliance(tmp_path, "picky", GOOD.replace('name="good"', 'name="picky"'), """
+        class App:
+            def __init__(self, keys, log):
+                if keys.count > 3:
+                    raise ValueError(f"count {keys.count} is above 3")
+
+            async def start(self):
+                pass
+    """)
+    cli("configure", app)
+    cli("build", app)
+    res = run_image(cli.image("picky-unix"), "--count", "9")
+    assert res.rc == 2 and "Traceback" not in res.out + res.err, res.out + res.err
+    errors = [line for line in res.out.splitlines() if "level=error" in line]
+    assert len(errors) == 1 and "cannot start: ValueError: count 9 is above 3" in errors[0]
+    assert "hint=" in errors[0]
+    res = run_image(cli.image("picky-unix"), "--count", "9", "--log-level", "debug")
+    assert "msg=traceback" in res.out
+    assert run_image(cli.image("picky-unix"), "--count", "2").rc == 0
+
+
 def test_broken_manifest_syntax(cli, tmp_path):
     app = write_appliance(tmp_path, "broken", "appliance = Appliance(name='x'\n")
     res = cli("configure", app, check=False)
