@@ -642,10 +642,190 @@ class Tls(Protocol):
         ...
 
 
+
+# --------------------------------------------------------------------------
+# QubesDB
+
+
+class QubesDB(Protocol):
+    """Qubes' per-VM configuration database: ``(path, value)`` pairs.
+
+    Paths begin with ``/``, never end with ``/``, are at most 63 characters
+    from ``[a-zA-Z0-9_.:/-]``; a value is at most 3072 bytes. A *prefix*
+    (``/qubes-firewall/``) names every path that starts with it. Values
+    are bytes as stored; callers decode them.
+    """
+
+    async def read(self, path: str) -> bytes | None:
+        """The value at ``path``, or None when there is none. Raises
+        ``InvalidKey`` for a malformed path, ``DeviceError`` when the
+        database cannot be reached."""
+        ...
+
+    async def multiread(self, prefix: str) -> dict[str, bytes]:
+        """Every ``path: value`` under ``prefix`` (``""``: everything)."""
+        ...
+
+    async def list(self, prefix: str) -> list[str]:
+        """The paths under ``prefix``, sorted."""
+        ...
+
+    async def write(self, path: str, value: bytes) -> None:
+        """Store ``value`` at ``path`` (used to report errors back, e.g.
+        ``/qubes-firewall-error/<ip>``). Raises ``InvalidKey``, ``NoSpace``
+        for a value above 3072 bytes."""
+        ...
+
+    def watch(self, prefix: str) -> "PathWatcher":
+        """Watch ``prefix``: the returned iterator yields each path written
+        or removed under it, from now on (a path given without a trailing
+        ``/`` watches that path only)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; ends every watcher. Never raises."""
+        ...
+
+
+class PathWatcher(Protocol):
+    """An async iterator of changed paths; ``close()`` ends the iteration."""
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    async def __anext__(self) -> str: ...
+
+    def close(self) -> None:
+        """Stop watching. Never raises."""
+        ...
+
+
+# --------------------------------------------------------------------------
+# packet filter (the firewall's data plane)
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """One Qubes firewall rule, as parsed from ``/qubes-firewall/<ip>/NNNN``.
+
+    ``dst`` holds networks (``ipaddress.ip_network`` objects) of one family:
+    the ``dst4=``/``dst6=`` network, or the addresses ``dsthost`` resolved
+    to (empty until resolved: such a rule then matches nothing). ``None``
+    ``dst`` matches every destination. ``proto`` is ``"tcp"``, ``"udp"``,
+    ``"icmp"`` or None (any); ``dstports`` an inclusive ``(low, high)``
+    range (tcp/udp; without ``proto`` it matches both); ``icmptype`` the
+    ICMP type (icmp only); ``dns`` is ``specialtarget=dns`` (the
+    destination is one of the virtual DNS addresses, port 53, tcp or udp).
+    ``number`` is the rule's NNNN; ``text`` its source line for logs.
+    """
+
+    action: str  # "accept" | "drop"
+    number: int = 0
+    dst: tuple | None = None  # tuple of ipaddress networks; None: any destination
+    dsthost: str | None = None
+    proto: str | None = None
+    dstports: tuple[int, int] | None = None
+    icmptype: int | None = None
+    dns: bool = False
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ClientRules:
+    """Every rule of one client, first match wins; ``policy`` when none matches.
+
+    ``error`` set means the rule set did not parse: the client is denied
+    everything (``rules`` is then empty and ``policy`` ``"drop"``).
+    """
+
+    client: str
+    rules: tuple[FilterRule, ...] = ()
+    policy: str = "drop"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FilterSetup:
+    """The firewall's own addresses, from QubesDB (or keys outside Qubes).
+
+    ``uplink_ip``/``uplink_gateway``/``uplink_prefix``: the firewall's address
+    on the upstream network (``/qubes-ip``, ``/qubes-gateway``,
+    ``/qubes-netmask``); client traffic leaving is masqueraded to
+    ``uplink_ip``. ``client_gateway``: the firewall's address as clients see
+    it (``/qubes-netvm-gateway``). ``virtual_dns``: the DNS addresses
+    clients use (``/qubes-netvm-primary-dns``, ``-secondary-dns``, e.g.
+    10.139.1.1 and 10.139.1.2), redirected to ``upstream_dns``
+    (``/qubes-primary-dns``, ``/qubes-secondary-dns``) in the same order.
+    ``*6`` fields: the same for IPv6 (empty: IPv6 is dropped).
+    """
+
+    uplink_ip: str
+    uplink_gateway: str
+    client_gateway: str
+    uplink_prefix: int = 24
+    virtual_dns: tuple[str, ...] = ()
+    upstream_dns: tuple[str, ...] = ()
+    uplink_ip6: str = ""
+    uplink_gateway6: str = ""
+    client_gateway6: str = ""
+    max_connections: int = 5000
+
+
+class PacketFilter(Protocol):
+    """Moves client traffic between client interfaces and the uplink,
+    filtered by each client's rules and masqueraded, as a Qubes firewall VM.
+
+    The appliance is the control plane: it calls :meth:`start` once, then
+    :meth:`attach`/:meth:`detach` as clients come and go and
+    :meth:`set_rules` whenever a client's rules change (or its ``dsthost``
+    names resolve anew). The backend is the data plane (Ingot's own loop
+    over ``net`` devices, or the kernel with an nftables ruleset): a rule
+    change applies atomically to the next packet and leaves other clients'
+    connections alone. A client without rules is denied everything.
+
+    Rules for traffic a client sends: to upstream, filtered then
+    masqueraded; to the firewall itself, dropped (but DNS to a virtual
+    DNS address is redirected to the upstream resolver, subject to the
+    client's rules via ``specialtarget=dns``); to another client, filtered,
+    no NAT; from a source address that is not the client's, dropped
+    (anti-spoofing). From upstream: only replies to tracked connections
+    pass (and are un-NATed); the rest is dropped. A drop answers like Qubes
+    (ICMP administratively prohibited) where the rule dropped a client's
+    packet, and counts a reason.
+    """
+
+    async def start(self, setup: FilterSetup) -> None:
+        """Bring the data plane up. Raises ``DeviceError`` (one line) when an
+        interface or the kernel refuses."""
+        ...
+
+    async def attach(self, client_ip: str, ifname: str) -> None:
+        """A client with address ``client_ip`` is behind interface
+        ``ifname``; until :meth:`set_rules` it is denied everything.
+        Raises ``DeviceError`` when the interface cannot be used."""
+        ...
+
+    def detach(self, client_ip: str) -> None:
+        """Forget a client and its connections. Never raises."""
+        ...
+
+    def set_rules(self, rules: ClientRules) -> None:
+        """Replace the rules of ``rules.client`` (attached or not yet)."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters: packets forwarded, dropped by reason, NAT entries..."""
+        ...
+
+    def close(self) -> None:
+        """Stop moving packets and undo what :meth:`start` set up. Never raises."""
+        ...
+
+
 # --------------------------------------------------------------------------
 # kinds
 
-Device = Union[MClock, PClock, Sleep, Random, KvRO, KvRW, Stack, Net, Tun, Tls]
+Device = Union[MClock, PClock, Sleep, Random, KvRO, KvRW, Stack, Net, Tun, Tls, QubesDB,
+               PacketFilter]
 
 KINDS: dict[str, type] = {
     "mclock": MClock,
@@ -658,6 +838,8 @@ KINDS: dict[str, type] = {
     "net": Net,
     "tun": Tun,
     "tls": Tls,
+    "qubesdb": QubesDB,
+    "packet_filter": PacketFilter,
 }
 """Kind name -> signature. Plugins may add kinds with ``ingot_kinds_register``."""
 
