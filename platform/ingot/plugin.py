@@ -43,6 +43,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "stack-direct": "ingot.plugins.stack_direct",
     "netif": "ingot.plugins.netif",
     "dns": "ingot.plugins.dns",
+    "qubesdb": "ingot.plugins.qubesdb",
+    "firewall": "ingot.plugins.firewall",
 }
 """Plugin name -> module of the plugins that ship with Ingot."""
 

@@ -1,0 +1,1 @@
+"""The firewall's protocol library and ``packet_filter`` backends (being written)."""

@@ -1,0 +1,1 @@
+"""The ``qubesdb`` device: Qubes' configuration database (being written)."""
