@@ -651,9 +651,14 @@ class QubesDB(Protocol):
     """Qubes' per-VM configuration database: ``(path, value)`` pairs.
 
     Paths begin with ``/``, never end with ``/``, are at most 63 characters
-    from ``[a-zA-Z0-9_.:/-]``; a value is at most 3072 bytes. A *prefix*
-    (``/qubes-firewall/``) names every path that starts with it. Values
-    are bytes as stored; callers decode them.
+    from ``[a-zA-Z0-9_.:/-]`` (qubesdb-daemon also stores ``@``: such paths
+    come back from ``multiread``/``list`` but cannot be asked for). A value
+    is at most 3072 bytes; qubesdb-daemon itself refuses a value of exactly
+    3072 bytes or one holding a NUL byte, so writers keep to 3071 bytes of
+    text. A *prefix* (``/qubes-firewall/``) names every path that starts
+    with it, as a plain string prefix. Values are bytes as stored; callers
+    decode them. ``close()`` makes pending calls and waiting watchers raise
+    ``Closed``.
     """
 
     async def read(self, path: str) -> bytes | None:

@@ -54,7 +54,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ingot.keys import key
 from ingot.log import Logger
 from ingot.registry import DeviceContext, DeviceSpec
 from ingot.signatures import ClientRules, Closed, DeviceError, FilterSetup, Unsupported
@@ -69,7 +68,7 @@ from .nft import (
     rules_problem,
 )
 
-LINUX = ("unix", "vm", "qubes")
+from . import LINUX, NFT_KEYS as KEYS, NFT_SPEC  # noqa: F401
 TIMEOUT_S = 10.0
 """How long one ``nft``/``ip``/``conntrack`` command may take."""
 
@@ -77,28 +76,9 @@ IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 CONNTRACK_COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
 
 
-def _check_ifname_key(value: str) -> None:
-    check_ifname(value)
-
-
-def _check_table_key(value: str) -> None:
-    check_table(value)
-
-
-KEYS = (
-    key("uplink-ifname", str, "Interface towards upstream (client traffic leaving it is "
-        "masqueraded)", "eth0", validate=_check_ifname_key),
-    key("table", str, "nftables table (inet family) the firewall owns and replaces",
-        "ingot-fw", validate=_check_table_key),
-)
-
-
 def nft_spec() -> DeviceSpec:
-    """The registry entry of this backend (wired in by the firewall plugin)."""
-    return DeviceSpec(
-        "packet_filter", "nftables", "ingot.plugins.firewall.nft_backend:connect",
-        "The Qubes firewall rules compiled into an nftables ruleset (nft -f); the kernel "
-        "forwards, filters and NATs", targets=LINUX, keys=KEYS)
+    """The registry entry of this backend (the plugin registers the same object)."""
+    return NFT_SPEC
 
 
 def connect(ctx: DeviceContext) -> NftFilter:
