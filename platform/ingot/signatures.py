@@ -712,9 +712,10 @@ class PathWatcher(Protocol):
 class FilterRule:
     """One Qubes firewall rule, as parsed from ``/qubes-firewall/<ip>/NNNN``.
 
-    ``dst`` holds networks (``ipaddress.ip_network`` objects) of one family:
-    the ``dst4=``/``dst6=`` network, or the addresses ``dsthost`` resolved
-    to (empty until resolved: such a rule then matches nothing). ``None``
+    ``dst`` holds networks (``ipaddress.ip_network`` objects): the
+    ``dst4=``/``dst6=`` network, or the addresses ``dsthost`` resolved to,
+    of both families (empty until resolved: such a rule then matches
+    nothing). ``None``
     ``dst`` matches every destination. ``proto`` is ``"tcp"``, ``"udp"``,
     ``"icmp"`` or None (any); ``dstports`` an inclusive ``(low, high)``
     range (tcp/udp; without ``proto`` it matches both); ``icmptype`` the

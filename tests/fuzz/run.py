@@ -4,6 +4,7 @@ any target found an exception other than ParseError.
     python tests/fuzz/run.py                  # 100,000 inputs per target
     python tests/fuzz/run.py --runs 1000000 --only ipv4,tcp
     python tests/fuzz/run.py --plain          # without atheris
+    python tests/fuzz/run.py --file fuzz_firewall.py   # another target file
 
 Each target runs in its own process, starting from the valid packets of
 ``fuzz_netstack.seeds()`` as corpus. Inputs that crash are kept under
@@ -26,10 +27,10 @@ HERE = Path(__file__).resolve().parent
 TARGET_FILE = HERE / "fuzz_netstack.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("fuzz_netstack", TARGET_FILE)
+def _module(target_file: Path = TARGET_FILE):
+    spec = importlib.util.spec_from_file_location(target_file.stem, target_file)
     mod = importlib.util.module_from_spec(spec)
-    sys.argv = [str(TARGET_FILE), "--plain"]  # import without instrumenting
+    sys.argv = [str(target_file), "--plain"]  # import without instrumenting
     spec.loader.exec_module(mod)
     return mod
 
@@ -40,8 +41,14 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated targets (default: all)")
     ap.add_argument("--plain", action="store_true", help="random-bytes driver, no atheris")
     ap.add_argument("--artifacts", type=Path, default=None, help="where crashing inputs go")
+    ap.add_argument("--file", type=Path, default=TARGET_FILE,
+                    help="target file (relative to tests/fuzz/ or a path); default "
+                         "fuzz_netstack.py")
     args = ap.parse_args()
-    mod = _module()
+    target_file = args.file if args.file.is_absolute() or args.file.exists() \
+        else HERE / args.file
+    target_file = target_file.resolve()
+    mod = _module(target_file)
     names = [n for n in mod.TARGETS if not args.only or n in args.only.split(",")]
     plain = args.plain or importlib.util.find_spec("atheris") is None
     work = Path(tempfile.mkdtemp(prefix="netstack-fuzz-"))
@@ -52,13 +59,13 @@ def main() -> int:
     print(f"{'target':14} {'inputs':>9} {'seconds':>8} {'cov':>5}  result", flush=True)
     for name in names:
         if plain:
-            cmd = [sys.executable, str(TARGET_FILE), name, "--plain", str(args.runs)]
+            cmd = [sys.executable, str(target_file), name, "--plain", str(args.runs)]
         else:
             corpus = work / "corpus" / name
             corpus.mkdir(parents=True)
             for i, seed in enumerate(mod.seeds()):
                 (corpus / f"seed-{i}").write_bytes(seed)
-            cmd = [sys.executable, str(TARGET_FILE), name, str(corpus),
+            cmd = [sys.executable, str(target_file), name, str(corpus),
                    f"-atheris_runs={args.runs}", f"-artifact_prefix={artifacts}/{name}-",
                    "-max_len=2048", "-print_final_stats=1"]
         t0 = time.monotonic()

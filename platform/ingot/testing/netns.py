@@ -14,9 +14,11 @@ namespaces (:meth:`Host.link`), by a bridge in a namespace of its own
 
 Safety rules the kit enforces:
 
-* Addresses, routes and ping targets must lie inside 10.137.0.0/16 or
-  10.200.0.0/16 (:func:`check_interface`, :func:`check_network`); anything
-  else raises ``ValueError`` before a command runs.
+* Addresses, routes and ping targets must lie inside 10.137.0.0/16,
+  10.200.0.0/16 or Qubes' virtual DNS range 10.139.1.0/24 (which a firewall
+  redirects; nothing outside the lab's namespaces is ever routed there)
+  (:func:`check_interface`, :func:`check_network`); anything else raises
+  ``ValueError`` before a command runs.
 * The kit never changes the namespace it runs in: every device is created
   inside a namespace of the lab (``ip link add ... netns A ... peer ...
   netns B``), and :meth:`Host.entered` moves only the calling thread, and
@@ -51,8 +53,10 @@ from collections.abc import Iterator
 from typing import Any
 
 ALLOWED_NETWORKS = (ipaddress.IPv4Network("10.137.0.0/16"),
-                    ipaddress.IPv4Network("10.200.0.0/16"))
-"""The only networks a lab may address (Qubes' client range and a test range)."""
+                    ipaddress.IPv4Network("10.200.0.0/16"),
+                    ipaddress.IPv4Network("10.139.1.0/24"))
+"""The only networks a lab may address (Qubes' client range, a test range, and Qubes'
+virtual DNS addresses, which a firewall under test redirects)."""
 
 ROOT_PREFIX = "ingt-"
 RUN_PREFIX = f"{ROOT_PREFIX}{os.getpid()}-"
