@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,10 @@ pytestmark = pytest.mark.netns
 
 ZONE = """$ORIGIN example.test.
 $TTL 60
-@ IN SOA ns hostmaster 1 60 30 600 60
+@ IN SOA ns hostmaster {serial} 60 30 600 60
   IN NS ns
 ns IN A 10.200.0.1
-web IN A 10.200.0.1
+web 1 IN A {web}
 """
 
 # a TCP server on 80 and 8080 that tells the client its address; a UDP echo on 5000/5001
@@ -41,7 +42,7 @@ UPSTREAM = r"""
 import socket, threading
 def tcp(port):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("10.200.0.1", port)); s.listen(16)
+    s.bind(("0.0.0.0", port)); s.listen(16)
     while True:
         c, peer = s.accept()
         def serve(c=c, peer=peer):
@@ -54,7 +55,7 @@ def tcp(port):
                     c.sendall(data)
         threading.Thread(target=serve, daemon=True).start()
 def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("10.200.0.1", port))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
     while True:
         data, peer = s.recvfrom(2048)
         s.sendto(f"{peer[0]} ".encode() + data, peer)
@@ -113,6 +114,18 @@ for line in sys.stdin:
 """
 
 
+@dataclass
+class Lab:
+    backend: str
+    probes: list
+    db: Path
+    client1: object
+    upstream: object
+    stop: object
+    zones: Path
+    clients: dict
+
+
 class Probe:
     """A long-lived client process inside a namespace, driven line by line."""
 
@@ -130,8 +143,10 @@ class Probe:
         self.proc.wait(10)
 
 
-def qubesdb(rules1: dict[str, str], rules2: dict[str, str], generation: int) -> str:
-    """The file QubesDB: the firewall's addresses, two clients, their rules."""
+def qubesdb(rules1: dict[str, str], rules2: dict[str, str], generation: int,
+            clients: dict[str, str] | None = None) -> str:
+    """The file QubesDB: the firewall's addresses, two clients, their rules, and the
+    clients attached through ``/ingot/clients/<ip>``."""
     entries = {
         "/qubes-ip": "10.200.0.2", "/qubes-gateway": "10.200.0.1",
         "/qubes-netmask": "255.255.255.0", "/qubes-netvm-gateway": "10.137.0.1",
@@ -139,6 +154,8 @@ def qubesdb(rules1: dict[str, str], rules2: dict[str, str], generation: int) -> 
         "/qubes-primary-dns": "10.200.0.1", "/qubes-secondary-dns": "10.200.0.1",
         "/connected-ips": "10.137.0.11 10.137.0.12",
     }
+    for ip, ifname in (clients or {}).items():
+        entries[f"/ingot/clients/{ip}"] = ifname
     for ip, rules in (("10.137.0.11", rules1), ("10.137.0.12", rules2)):
         # the reload trigger: dom0's empty write; a file QubesDB sees a changed value
         entries[f"/qubes-firewall/{ip}"] = str(generation)
@@ -195,8 +212,12 @@ def lab(request, netns, images, tmp_path):
     c2_if, fw_c2 = client2.link(fw, "10.137.0.12/32", None)
     # the kernel of fw keeps its own address on the uplink for the firewall's own
     # traffic (dsthost lookups); the python data plane answers for 10.200.0.2
-    fw_up, _ = fw.link(upstream, "10.200.0.3/24" if backend == "python" else "10.200.0.2/24",
-                       "10.200.0.1/24")
+    fw_up, up_if = fw.link(upstream, "10.200.0.3/24" if backend == "python" else "10.200.0.2/24",
+                           "10.200.0.1/24")
+    upstream.add_address(up_if, "10.200.0.5/24")  # where web.example.test moves later
+    # the kernel rate-limits the ICMP errors it sends (nft's reject too: about six in a
+    # burst per destination); the probes below ask faster than any real client would
+    fw.sysctl("net.ipv4.icmp_ratelimit", 0)
     for host, dev in ((client1, c1_if), (client2, c2_if)):
         host.add_route("10.137.0.1/32", dev=dev)
         host.add_route("10.200.0.0/16", via="10.137.0.1", dev=dev)
@@ -204,17 +225,18 @@ def lab(request, netns, images, tmp_path):
         host.add_route("10.137.0.0/16", via="10.137.0.1", dev=dev)  # the other clients
     zones = tmp_path / "zones"
     zones.mkdir()
-    (zones / "example.test.zone").write_text(ZONE)
+    (zones / "example.test.zone").write_text(ZONE.format(serial=1, web="10.200.0.1"))
     dns = upstream.popen(sys.executable, images["dns"], "--host", "10.200.0.1", "--port", "53",
-                         "--zones-path", zones, stdout=subprocess.PIPE,
+                         "--zones-path", zones, "--reload", "0.3", stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     _wait_line(dns, "msg=listening", [])
     server = upstream.popen(sys.executable, "-c", UPSTREAM, stdout=subprocess.PIPE, text=True)
     assert server.stdout.readline().strip() == "ready"
     db = tmp_path / "qubesdb.json"
-    db.write_text(qubesdb(RULES1, RULES2, 1))
+    clients = {"10.137.0.12": fw_c2}  # client2 through QubesDB, client1 by the key
+    db.write_text(qubesdb(RULES1, RULES2, 1, clients))
     args = [sys.executable, images[backend], "--qubesdb-path", db, "--qubesdb-poll", "0.1",
-            "--clients", f"10.137.0.11={fw_c1},10.137.0.12={fw_c2}"]
+            "--clients", f"10.137.0.11={fw_c1}", "--dsthost-min-ttl", "1"]
     args += (["--uplink-ifname", fw_up] if backend == "python"
              else ["--filter-uplink-ifname", fw_up])
     proc = fw.popen(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -230,7 +252,7 @@ def lab(request, netns, images, tmp_path):
         assert proc.returncode == 0, "".join(lines) + out
         return "".join(lines) + out
 
-    yield backend, probes, db, client1, upstream, stop
+    yield Lab(backend, probes, db, client1, upstream, stop, zones, clients)
     if proc.poll() is None:
         proc.kill()
     for p in probes:
@@ -241,16 +263,20 @@ def lab(request, netns, images, tmp_path):
         p.wait(10)
 
 
-def _until(predicate, timeout: float = 1.0) -> float:
+def _until(probe, expected: str, timeout: float = 1.0) -> float:
+    """Seconds until ``probe()`` answers ``expected`` (fails after ``timeout``)."""
     start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "not in time"
+    seen = []
+    while (got := probe()) != expected:
+        seen.append((round(time.monotonic() - start, 2), got))
+        assert time.monotonic() - start < timeout, f"not {expected!r} in time: {seen}"
         time.sleep(0.02)
     return time.monotonic() - start
 
 
 def test_rules_from_qubesdb_are_enforced_end_to_end(lab):
-    backend, (c1, c2), db, client1, upstream, stop = lab
+    backend, (c1, c2), db, client1, upstream, stop = (lab.backend, lab.probes, lab.db,
+                                                       lab.client1, lab.upstream, lab.stop)
     assert client1.ping("10.200.0.1", count=2)                 # icmp accepted
     assert c1("tcp", "10.200.0.1", 80) == "ok 10.200.0.2"       # tcp 80, masqueraded
     assert c1("tcp", "10.200.0.1", 22) == "EHOSTUNREACH"         # policy drop: admin-prohibited
@@ -269,7 +295,8 @@ def test_rules_from_qubesdb_are_enforced_end_to_end(lab):
 
 
 def test_spoofed_source_is_dropped(lab):
-    backend, (c1, c2), db, client1, upstream, stop = lab
+    backend, (c1, c2), db, client1, upstream, stop = (lab.backend, lab.probes, lab.db,
+                                                       lab.client1, lab.upstream, lab.stop)
     spoof = ("import socket, struct\n"
              "icmp = struct.pack('!BBHHH', 8, 0, 0, 99, 1)\n"
              "s = sum(struct.unpack('!4H', icmp)); s = (s & 0xFFFF) + (s >> 16)\n"
@@ -292,20 +319,51 @@ def test_spoofed_source_is_dropped(lab):
 
 
 def test_rule_change_applies_within_a_second_and_keeps_connections(lab):
-    backend, (c1, c2), db, client1, upstream, stop = lab
+    backend, (c1, c2), db, client1, upstream, stop = (lab.backend, lab.probes, lab.db,
+                                                       lab.client1, lab.upstream, lab.stop)
     assert c1("hold", "10.200.0.1", 80) == "ok held"
     assert c1("udp", "10.200.0.1", 5001) == "EHOSTUNREACH"
     # dom0 rewrites client1's rules: tcp 80 no longer, udp 5001 allowed
     rules = {"policy": "drop", "0000": "action=accept proto=udp dstports=5000-5001"}
-    db.write_text(qubesdb(rules, RULES2, 2))
-    _until(lambda: c1("udp", "10.200.0.1", 5001) == "ok 10.200.0.2", timeout=1.5)
+    db.write_text(qubesdb(rules, RULES2, 2, lab.clients))
+    _until(lambda: c1("udp", "10.200.0.1", 5001), "ok 10.200.0.2", timeout=1.5)
     assert c1("tcp", "10.200.0.1", 80) == "EHOSTUNREACH"       # new connections follow
     assert c1("echo", "10.200.0.1", 80) == "ok again"           # the established one goes on
     # a rule set that does not parse: client1 denied everything, client2 unaffected
     broken = {"policy": "accept", "0000": "action=accept proto=tcp dstports=80-70"}
-    db.write_text(qubesdb(broken, RULES2, 3))
-    _until(lambda: c1("udp", "10.200.0.1", 5001) != "ok 10.200.0.2", timeout=1.5)
+    db.write_text(qubesdb(broken, RULES2, 3, lab.clients))
+    _until(lambda: c1("udp", "10.200.0.1", 5001), "EHOSTUNREACH", timeout=1.5)
     assert c1("tcp", "10.200.0.1", 8080) == "EHOSTUNREACH"
     assert c2("tcp", "10.200.0.1", 8080) == "ok 10.200.0.2"
     out = stop()
     assert 'msg="rules rejected; client denied everything" client=10.137.0.11' in out, out
+
+
+def test_clients_attach_and_detach_while_traffic_flows(lab):
+    c1, c2 = lab.probes
+    assert c1("hold", "10.200.0.1", 80) == "ok held"
+    assert c2("tcp", "10.200.0.1", 8080) == "ok 10.200.0.2"
+    # dom0 disconnects client2: its entry goes; client1's connection is not disturbed
+    lab.db.write_text(qubesdb(RULES1, RULES2, 1, {}))
+    _until(lambda: "ok" if c2("tcp", "10.200.0.1", 8080).startswith("ok") else "cut off",
+           "cut off", timeout=3)
+    assert c1("echo", "10.200.0.1", 80) == "ok again"
+    # and connects it again, behind the same interface
+    lab.db.write_text(qubesdb(RULES1, RULES2, 1, lab.clients))
+    _until(lambda: c2("tcp", "10.200.0.1", 8080), "ok 10.200.0.2", timeout=3)
+    assert c1("echo", "10.200.0.1", 80) == "ok again"
+    out = lab.stop()
+    assert 'msg="client detached" client=10.137.0.12' in out
+    assert out.count('msg="client attached" client=10.137.0.12') == 2
+
+
+def test_dsthost_is_resolved_again_when_its_ttl_runs_out(lab):
+    c1, _ = lab.probes
+    assert c1("tcp", "10.200.0.1", 8080) == "ok 10.200.0.2"
+    assert c1("tcp", "10.200.0.5", 8080) == "EHOSTUNREACH"
+    # web.example.test moves (TTL 1 s); the rule follows it
+    (lab.zones / "example.test.zone").write_text(ZONE.format(serial=2, web="10.200.0.5"))
+    _until(lambda: c1("tcp", "10.200.0.5", 8080), "ok 10.200.0.2", timeout=6)
+    assert c1("tcp", "10.200.0.1", 8080) == "EHOSTUNREACH"
+    out = lab.stop()
+    assert 'msg="dsthost resolved" name=web.example.test addresses=10.200.0.5' in out, out
