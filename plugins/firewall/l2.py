@@ -440,7 +440,7 @@ class L2:
                 self.counters.incr("l2.ipv6_uplink" if version == 6 else "l2.bad_output")
                 return [Dropped(UPLINK, "no IPv6 neighbour discovery on the uplink"
                                 if version == 6 else "not an IP packet", meta)]
-            dst = packet[16:20]
+            dst = bytes(packet[16:20])  # packet may be a view into the frame: keys must hash
             dst_int = int.from_bytes(dst, "big")
             if dst_int & self._mask == self._net and dst != self.gateway:
                 if dst == self.uplink_ip:
@@ -449,7 +449,8 @@ class L2:
                 if dst == self._subnet_broadcast:
                     return [Transmit(UPLINK, _frame(ethernet.BROADCAST, self.uplink_mac,
                                                     _TYPE_IPV4, packet), meta)]
-                return self._arp_events(self.cache.resolve(dst, (packet, meta), now_ns))
+                # queued while ARP resolves: a copy, the frame's buffer may be reused
+                return self._arp_events(self.cache.resolve(dst, (bytes(packet), meta), now_ns))
             # the gateway: the fast path while its entry is fresh
             gw_mac = self._gw_mac
             if gw_mac is not None:

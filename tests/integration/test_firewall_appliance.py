@@ -353,8 +353,8 @@ def test_clients_attach_and_detach_while_traffic_flows(lab):
     _until(lambda: c2("tcp", "10.200.0.1", 8080), "ok 10.200.0.2", timeout=3)
     assert c1("echo", "10.200.0.1", 80) == "ok again"
     out = lab.stop()
-    assert 'msg="client detached" client=10.137.0.12' in out
-    assert out.count('msg="client attached" client=10.137.0.12') == 2
+    assert 'src=firewall msg="client detached" client=10.137.0.12' in out
+    assert out.count('src=firewall msg="client attached" client=10.137.0.12') == 2
 
 
 def test_dsthost_is_resolved_again_when_its_ttl_runs_out(lab):

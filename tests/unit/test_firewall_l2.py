@@ -262,6 +262,19 @@ def test_hosts_on_the_uplink_subnet_are_reached_directly():
     assert tx.frame[:6] == ethernet.BROADCAST
 
 
+def test_a_packet_edited_in_place_reaches_a_host_on_the_subnet():
+    """The python backend hands out views into the frame it read (writable memoryviews)."""
+    l2 = make()
+    learn_gateway(l2)
+    frame = bytearray(14) + bytearray(ip_packet("10.200.0.2", "10.200.0.7"))
+    view = memoryview(frame)[14:]
+    [req] = only(l2.output(0, UPLINK, view, meta="m", frame=frame), Transmit)
+    frame[14:] = bytes(len(frame) - 14)  # the buffer is reused for the next frame
+    reply = arp_frame(arp.OP_REPLY, NEIGH_MAC, "10.200.0.7", UP_MAC, "10.200.0.2", dst=UP_MAC)
+    [tx] = only(l2.input(1, UPLINK, reply), Transmit)
+    assert bytes(tx.frame[14:34]) == ip_packet("10.200.0.2", "10.200.0.7")[:20]
+
+
 def test_a_silent_gateway_drops_the_queue_after_three_requests():
     l2 = make()
     l2.output(0, UPLINK, ip_packet("10.200.0.2", "10.200.9.9"), meta="a")
