@@ -5,7 +5,11 @@ Primary: zones are the ``<zone>.zone`` files of the ``zones`` store
 keeps the zone at its last good version. What the server changes itself
 (dynamic updates) goes to the ``store`` device (zone file + journal in one
 batch; one git commit with the ``git`` backend) *before* the update is
-answered; at start a stored version with a higher serial wins over the file.
+answered; an update that cannot be stored is not answered and is undone
+(the zone goes back to the version before it). Updates are handled one at
+a time (see :class:`~ingot.plugins.dns.adapter.DnsService`), so a
+SIGKILL loses at most what was not acknowledged yet. At start a stored
+version with a higher serial wins over the file.
 Every new version is journalled (IXFR) and NOTIFY goes to ``notify`` peers.
 
 Secondary (``secondary-of``): the ``secondary-zones`` are pulled from the
@@ -66,7 +70,9 @@ class Dns:
         self.notifier = notify.NotifySender(self._new_id)
         self.secondaries: dict[str, secondary.Secondary] = {}
         self._udp_clients: dict[str, Any] = {}
-        self._tcp: dict[int, Any] = {}
+        self._tcp: dict[tuple[str, int], Any] = {}
+        """Transfer connections by (zone, the zone's connection number): every
+        zone's :class:`~.secondary.Secondary` numbers its own from 1."""
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._persist_lock = asyncio.Lock()
@@ -209,11 +215,16 @@ class Dns:
         """Persist what an UPDATE changed before it is answered; then NOTIFY."""
         for ev in events:
             if isinstance(ev, update.ZoneChanged):
-                config = xfr.config_of(self.state)
-                jr = config.journals.get(name_key(ev.origin))
-                async with self._persist_lock:
-                    await self.store.save(ev.origin, ev.records, jr,
-                                          f"update {ev.origin} serial {ev.zone.serial}")
+                jr = ev.journal
+                if jr is None:
+                    jr = xfr.config_of(self.state).journals.get(name_key(ev.origin))
+                try:
+                    async with self._persist_lock:
+                        await self.store.save(ev.origin, ev.records, jr,
+                                              f"update {ev.origin} serial {ev.zone.serial}")
+                except BaseException:
+                    self._undo(ev)
+                    raise
                 self.log.info("zone updated", zone=ev.origin, serial=ev.zone.serial,
                               removed=len(ev.change.removed), added=len(ev.change.added))
                 self._notify(ev.zone)
@@ -221,6 +232,21 @@ class Dns:
                 sec = self.secondaries.get(str(ev.origin).lower().rstrip(".") + ".")
                 if sec is not None:
                     self._run_actions(sec, sec.notify(self._now_ns(), ev.serial))
+
+    def _undo(self, ev: update.ZoneChanged) -> None:
+        """Put back the version before an update that could not be stored (unless
+        something else replaced the zone meanwhile), so nothing unstored is served."""
+        if ev.previous is None or self.state.zone(ev.origin) is not ev.zone:
+            return
+        key = name_key(ev.origin)
+        config = xfr.config_of(self.state)
+        journals = {k: j for k, j in config.journals.items() if k != key}
+        if ev.previous_journal is not None:
+            journals[key] = ev.previous_journal
+        self.state = self.state.with_zone(ev.previous).with_ext(
+            xfr.EXT, dataclasses.replace(config, journals=journals))
+        self.log.warning("update undone: it could not be stored", zone=ev.origin,
+                         serial=ev.previous.serial)
 
     def _on_notify_response(self, src: tuple[str, int], data: bytes) -> None:
         for done in self.notifier.handle_response(src, data, self.mclock.elapsed_ns()):
@@ -259,7 +285,7 @@ class Dns:
             elif isinstance(act, secondary.OpenTcp):
                 self._spawn(self._transfer(sec, act))
             elif isinstance(act, secondary.CloseTcp):
-                flow = self._tcp.pop(act.conn, None)
+                flow = self._tcp.pop((sec.origin, act.conn), None)
                 if flow is not None:
                     flow.close()
             elif isinstance(act, secondary.ZoneLoaded):
@@ -279,18 +305,19 @@ class Dns:
 
     async def _transfer(self, sec: secondary.Secondary, act: Any) -> None:
         flow = None
+        key = (sec.origin, act.conn)
         try:
             flow = await self.stack.connect_tcp(act.dst[0], act.dst[1], timeout_s=10)
-            self._tcp[act.conn] = flow
+            self._tcp[key] = flow
             await flow.write(len(act.wire).to_bytes(2, "big") + act.wire)
-            while act.conn in self._tcp:
+            while key in self._tcp:
                 size = int.from_bytes(await flow.readexactly(2), "big")
                 data = await flow.readexactly(size)
                 self._run_actions(sec, sec.handle_tcp_message(act.conn, data, self._now_ns()))
         except (DeviceError, OSError) as exc:
             self.log.debug("transfer connection ended", zone=sec.origin, error=str(exc))
         finally:
-            if self._tcp.pop(act.conn, None) is not None or flow is None:
+            if self._tcp.pop(key, None) is not None or flow is None:
                 self._run_actions(sec, sec.tcp_closed(act.conn, self._now_ns()))
             if flow is not None:
                 flow.close()

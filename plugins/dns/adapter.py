@@ -11,6 +11,13 @@ announced, is closed. At most ``max_tcp`` connections are served at once.
 The core's state lives in :attr:`DnsService.state`; whoever changes zones
 (reload, update, transfer) sets it, and the next message sees it. Outgoing
 messages the core asks for (NOTIFY) are sent from the UDP socket.
+
+Messages other than queries (UPDATE, NOTIFY) are handled one at a time, in
+the order they came, each with its ``on_events`` (the store write of an
+UPDATE) finished before the next is handed to the core: a change that could
+not be stored is undone (by ``on_events``) before another builds on it.
+Queries never wait for that. At most ``max_waiting`` such UDP messages wait
+their turn; more are dropped (and counted: ``stats["dropped"]``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 from ingot.signatures import Address, ConnectionReset, Datagrams, DeviceError, Flow, Stack
 
 from .server import NOTIFY as NOTIFY_OPCODE
+from .server import QUERY as QUERY_OPCODE
 from .server import Outgoing, ServerState, handle
 from .xfr import take_events
 
@@ -32,13 +40,14 @@ class DnsService:
     """Serve a :class:`ServerState` on ``(host, port)`` over UDP and TCP."""
 
     def __init__(self, stack: Stack, state: ServerState, now_ns: Callable[[], int], log: Any, *,
-                 tcp_idle_s: float = 10.0, max_tcp: int = 256) -> None:
+                 tcp_idle_s: float = 10.0, max_tcp: int = 256, max_waiting: int = 1024) -> None:
         self.stack = stack
         self.state = state
         self.now_ns = now_ns
         self.log = log
         self.tcp_idle_s = tcp_idle_s
         self.max_tcp = max_tcp
+        self.max_waiting = max_waiting
         self.on_outgoing: Observer | None = None
         self.on_events: Callable[[tuple[Any, ...]], Awaitable[None]] | None = None
         """Awaited with the events a message left in the state (see ``xfr.take_events``)
@@ -49,8 +58,9 @@ class DnsService:
         self._listener: Any = None
         self._tcp_active = 0
         self._pending: set[asyncio.Task[None]] = set()
+        self._changes = asyncio.Lock()
         self.stats = {"udp": 0, "tcp": 0, "tcp_connections": 0, "tcp_refused": 0,
-                      "tcp_timeouts": 0, "errors": 0}
+                      "tcp_timeouts": 0, "errors": 0, "dropped": 0}
 
     async def start(self, host: str, port: int) -> Address:
         """Bind UDP and listen on TCP; the address actually bound (port 0 = any)."""
@@ -111,12 +121,15 @@ class DnsService:
                 and self.on_notify_response is not None):
             self.on_notify_response(src, data)
             return
-        replies, events = self._answer("udp", src, data)
-        if events:
-            task = asyncio.ensure_future(self._send_after(events, replies, src))
+        if len(data) >= 4 and (data[2] >> 3) & 0xF != QUERY_OPCODE:
+            if len(self._pending) >= self.max_waiting:
+                self.stats["dropped"] += 1
+                return
+            task = asyncio.ensure_future(self._change_udp(src, data))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             return
+        replies, _events = self._answer("udp", src, data)
         self._send(replies, src)
 
     def _send(self, replies: list[bytes], src: Address) -> None:
@@ -125,10 +138,16 @@ class DnsService:
             if udp is not None:
                 udp.sendto(reply, src)
 
-    async def _send_after(self, events: tuple[Any, ...], replies: list[bytes],
-                          src: Address) -> None:
-        if await self._after(events):
-            self._send(replies, src)
+    async def _change(self, proto: str, src: Address, data: bytes) -> list[bytes]:
+        """A message that may change the state: alone, its events handled."""
+        async with self._changes:
+            replies, events = self._answer(proto, src, data)
+            if not await self._after(events):
+                return []
+            return replies
+
+    async def _change_udp(self, src: Address, data: bytes) -> None:
+        self._send(await self._change("udp", src, data), src)
 
     async def _serve_tcp(self, flow: Flow) -> None:
         if self._tcp_active >= self.max_tcp:
@@ -148,9 +167,12 @@ class DnsService:
                 except (ConnectionReset, DeviceError):
                     return
                 self.stats["tcp"] += 1
-                replies, events = self._answer("tcp", flow.peer, data)
-                if not await self._after(events):
-                    replies = []
+                if len(data) >= 4 and (data[2] >> 3) & 0xF != QUERY_OPCODE:
+                    replies = await self._change("tcp", flow.peer, data)
+                else:
+                    replies, events = self._answer("tcp", flow.peer, data)
+                    if not await self._after(events):
+                        replies = []
                 if replies:
                     await flow.write(b"".join(len(r).to_bytes(2, "big") + r for r in replies))
         finally:

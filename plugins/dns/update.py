@@ -41,8 +41,8 @@ from dnslib import CLASS, OPCODE, QTYPE, RCODE, RR, DNSRecord
 
 from . import tsig
 from .acl import Auth, ZoneAcls, acl_for, authenticate, sign_reply
-from .journal import (Change, diff, find_soa, in_zone, next_serial, serial_gt, soa_serial,
-                      with_serial)
+from .journal import (Change, Journal, diff, find_soa, in_zone, next_serial, serial_gt,
+                      soa_serial, with_serial)
 from .xfr import EXT, WireError, add_event, config_of, parse_message, reply_to, strip_tsig
 from .zone import META_TYPES, Zone, ZoneError, name_key, rdata_wire
 
@@ -269,12 +269,21 @@ def apply_update(msg: DNSRecord, origin: str, records: Sequence[RR], *, now_s: i
 class ZoneChanged:
     """An UPDATE changed ``zone`` (already in the returned state, its journal
     extended). The adapter must persist it (zone file, journal) *before* it
-    sends the replies of that ``handle`` call, then notify the secondaries."""
+    sends the replies of that ``handle`` call, then notify the secondaries.
+
+    ``journal`` is the zone's journal with this change, the one to store with
+    ``records``. ``previous`` and ``previous_journal`` are what the state held
+    before: when the change cannot be stored, the adapter puts them back, so
+    that nothing unstored is served (or acknowledged by a later update that
+    finds it already there)."""
 
     origin: str
     zone: Zone
     change: Change
     records: list[RR]
+    journal: Journal | None = None
+    previous: Zone | None = None
+    previous_journal: Journal | None = None
 
 
 def _zone_check(origin: str, records: list[RR]) -> str | None:
@@ -302,9 +311,11 @@ def handle_update(state, now_ns: int, proto: str, src: tuple[str, int], data: by
                         check=_zone_check)
     if out.records is not None and out.change is not None:
         zone = Zone.from_records(out.origin, out.records)
+        before = config.journals.get(zone.apex)
         journal = config.journal(zone.apex)
         journal.append(out.change)
         config = replace(config, journals={**config.journals, zone.apex: journal})
         state = state.with_zone(zone).with_ext(EXT, config)
-        state = add_event(state, ZoneChanged(out.origin, zone, out.change, out.records))
+        state = add_event(state, ZoneChanged(out.origin, zone, out.change, out.records, journal,
+                                             zones[out.origin], before))
     return state, ([out.reply] if out.reply else []), []

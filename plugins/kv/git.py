@@ -40,19 +40,36 @@ reaches: plain paths, ``file://``, ``git://``, ``ssh://``, ``http(s)://``.
 Threads: local reads and commits run inline on the event loop (a few small
 object files and one ref file, fsynced); pull and push run in a worker
 thread (``asyncio.to_thread``) with their own repository handle.
+
+Crashes (``kill -9``, power loss) leave no lock behind that stops later
+writes. Writers of ``kv_rw/git`` take an ``flock`` on ``ingot.lock`` in the
+git folder for each write (also across processes). A loose object is
+written to ``objects/xx/tmp_obj_ingot_<random>``, fsynced and renamed to its
+name (as git itself does; no ``.lock`` file), so a half-written object is
+only a temporary file, deleted at the next connect. The branch moves under
+git's ``refs/heads/<branch>.lock``; while it is held, ``ingot.lock`` names
+it, so a lock left by a writer that died is known as such and removed
+before the next write. A branch lock that ``ingot.lock`` does not name
+belongs to another git command: the write waits for it up to
+:data:`REF_LOCK_WAIT` seconds, then raises ``StoreError`` naming the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import secrets
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from dulwich import errors as git_errors
 from dulwich.client import get_transport_and_path
+from dulwich.file import FileLocked
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.objectspec import parse_commit
 from dulwich.refs import check_ref_format
@@ -70,6 +87,10 @@ GITLINK_MODE = 0o160000
 EMPTY_TREE = Tree().id
 HISTORY_LIMIT = 1000
 DEFAULT_AUTHOR = "Ingot <ingot@localhost>"
+WRITE_LOCK = "ingot.lock"
+TMP_OBJECT = "tmp_obj_ingot_"
+REF_LOCK_WAIT = 2.0
+"""Seconds a write waits for a branch lock held by another git command."""
 
 GitNode = tuple[int, bytes]
 """A tree entry: ``(mode, hex object id)``."""
@@ -268,7 +289,22 @@ class GitStore(Writer, GitReader):
         self._ref = ref.decode()
         self._remote = remote or None
         self._hub = WatchHub(self._what)
-        self._snap = self._snap_of(self._head())
+        common = self._repo.commondir()
+        self._ref_lock = os.path.join(common, *self._ref.split("/")) + ".lock"
+        try:
+            self._lock_fd = os.open(os.path.join(common, WRITE_LOCK), os.O_RDWR | os.O_CREAT,
+                                    0o644)
+        except OSError as exc:
+            self._repo.close()
+            raise StoreError(f"{path!r}: cannot open its write lock: {exc}") from None
+        try:
+            with self._locked():
+                self._remove_temporaries()
+            self._snap = self._snap_of(self._head())
+        except BaseException:
+            os.close(self._lock_fd)
+            self._repo.close()
+            raise
 
     def _head(self) -> bytes | None:
         try:
@@ -298,29 +334,96 @@ class GitStore(Writer, GitReader):
             before = self._snap.commit
             return self._snapshot().commit != before
 
+    def close(self) -> None:
+        if not self._closed:
+            super().close()
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+
     def batch(self, message: str = "", author: str | None = None) -> Any:
         if author is not None:
             check_author(author)
         return super().batch(message, author)
 
+    # -- crash safety ------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's write lock; a branch lock that a dead writer left is removed."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            left = os.pread(self._lock_fd, 4096, 0).decode("utf-8", "replace").strip()
+            if left:
+                if left == self._ref_lock:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._ref_lock)
+                self._mark(False)
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _mark(self, moving: bool) -> None:
+        """Say in ``ingot.lock`` that this writer holds the branch lock (or no longer)."""
+        os.ftruncate(self._lock_fd, 0)
+        if moving:
+            os.pwrite(self._lock_fd, self._ref_lock.encode() + b"\n", 0)
+
+    def _remove_temporaries(self) -> None:
+        """Delete the half-written objects of writers that died (under the write lock)."""
+        objects = self._repo.object_store.path
+        with contextlib.suppress(FileNotFoundError), os.scandir(objects) as folders:
+            for folder in folders:
+                if len(folder.name) != 2 or not folder.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(folder.path) as files:
+                    for entry in files:
+                        if entry.name.startswith(TMP_OBJECT):
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(entry.path)
+
+    def _add_objects(self, objects: list[Any]) -> None:
+        """Write loose objects: a fsynced temporary file each, renamed to its name."""
+        root = self._repo.object_store.path
+        for obj in objects:
+            sha = obj.id.decode("ascii")
+            folder = os.path.join(root, sha[:2])
+            final = os.path.join(folder, sha[2:])
+            try:
+                os.utime(final)  # there already: fresh, so that no prune takes it meanwhile
+                continue
+            except FileNotFoundError:
+                pass
+            except PermissionError:  # another user's object in a shared repository
+                continue
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, TMP_OBJECT + secrets.token_hex(8))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            try:
+                view = memoryview(obj.as_legacy_object())
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+
     # -- writing -------------------------------------------------------------
     async def _apply(self, ops: list[Op], message: str, author: str | None) -> list[Change]:
-        for _ in range(8):
-            snap = self._snapshot()
-            edit = TreeEdit(self._git, snap.root)
-            edit.apply(ops)
-            changes = edit.changes(*edit.diff())
-            objects: list[Any] = []
-            root = edit.build(lambda entries, base: self._tree(entries, base, objects),
-                              lambda data: self._blob(data, objects))
-            if root == snap.root:
-                return changes
-            commit = self._make_commit(snap, root[1], message, author or self._author)
-            for obj in objects + [commit]:
-                self._repo.object_store.add_object(obj)
-            if self._move(snap.commit, commit.id, message):
-                self._snap = _Snap(commit.id, root)
-                return changes
+        with self._locked():
+            for _ in range(8):
+                snap = self._snapshot()
+                edit = TreeEdit(self._git, snap.root)
+                edit.apply(ops)
+                changes = edit.changes(*edit.diff())
+                objects: list[Any] = []
+                root = edit.build(lambda entries, base: self._tree(entries, base, objects),
+                                  lambda data: self._blob(data, objects))
+                if root == snap.root:
+                    return changes
+                commit = self._make_commit(snap, root[1], message, author or self._author)
+                self._add_objects(objects + [commit])
+                if self._move(snap.commit, commit.id, message):
+                    self._snap = _Snap(commit.id, root)
+                    return changes
         raise StoreError(f"{self._ref} kept moving while writing; try again")
 
     @staticmethod
@@ -354,12 +457,25 @@ class GitStore(Writer, GitReader):
         return c
 
     def _move(self, old: bytes | None, new: bytes, why: str) -> bool:
-        """Compare-and-swap the branch from ``old`` to ``new``."""
+        """Compare-and-swap the branch from ``old`` to ``new`` (under :meth:`_locked`)."""
         note = b"ingot: " + why.splitlines()[0].encode("utf-8", "replace") if why else None
         ref = self._ref.encode()
-        if old is None:
-            return self._repo.refs.add_if_new(ref, new, message=note)
-        return self._repo.refs.set_if_equals(ref, old, new, message=note)
+        deadline = time.monotonic() + REF_LOCK_WAIT
+        while True:
+            self._mark(True)
+            try:
+                if old is None:
+                    return self._repo.refs.add_if_new(ref, new, message=note)
+                return self._repo.refs.set_if_equals(ref, old, new, message=note)
+            except FileLocked:
+                pass
+            finally:
+                self._mark(False)
+            if time.monotonic() > deadline:
+                raise StoreError(f"{self._ref_lock} is held: another git command is moving "
+                                 f"the branch, or one died holding it (remove the file if no "
+                                 f"git command runs)")
+            time.sleep(0.01)
 
     # -- remote ------------------------------------------------------------
     def _need_remote(self) -> str:
@@ -382,7 +498,9 @@ class GitStore(Writer, GitReader):
                 if ours is not None and not self._descends(theirs, ours):
                     raise Conflict(self._ref, bytes.fromhex(ours.decode()),
                                    bytes.fromhex(theirs.decode()))
-                if self._move(ours, theirs, f"pull from {remote}"):
+                with self._locked():
+                    moved = self._move(ours, theirs, f"pull from {remote}")
+                if moved:
                     self._snapshot()
                     return True
             raise StoreError(f"{self._ref} kept moving while pulling; try again")

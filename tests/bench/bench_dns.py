@@ -11,6 +11,9 @@ NODATA) for every server. Each server runs pinned to CPU 1 (``taskset -c
   socket loop (recvfrom, handle, sendto) - the least an adapter can cost;
 * ``ingot-asyncio``: the same behind an asyncio datagram protocol (uvloop
   when importable), as an appliance adapter would run it;
+* ``ingot-image``: the DNS appliance itself, built as a unix image
+  (``ingot configure appliances/dns --zones direct``, ``ingot build``) and
+  run with the zone's folder: its adapter, the socket stack, its logging;
 * ``dnslib``: dnslib's DNSServer with its ZoneResolver on the same zone;
 * ``nsd``: NSD with rate limiting off, one server process.
 
@@ -137,14 +140,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def build_image(work: Path) -> Path:
+    """The DNS appliance as a unix image, built in ``work``."""
+    root = Path(__file__).resolve().parents[2]
+    for step in (["configure", str(root / "appliances" / "dns"), "--zones", "direct"],
+                 ["build", str(root / "appliances" / "dns")]):
+        subprocess.run([sys.executable, "-m", "ingot.cli", *step], cwd=work, check=True,
+                       capture_output=True, timeout=300)
+    return work / "images" / "dns-unix.pyz"
+
+
 def start(cmd: list[str], ready: str | None, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(["taskset", "-c", "1", *cmd], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     if ready:
-        line = proc.stdout.readline()
-        if ready not in line:
-            proc.kill()
-            raise RuntimeError(f"{cmd[0]} did not start: {line}{proc.stdout.read()}")
+        lines = []
+        while not lines or ready not in lines[-1]:
+            line = proc.stdout.readline()
+            if not line:
+                proc.kill()
+                raise RuntimeError(f"{cmd[0]} did not start: {''.join(lines)}")
+            lines.append(line)
     else:
         time.sleep(1.5)
     subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+short", "+tries=3",
@@ -167,7 +183,7 @@ def dnsperf(port: int, queries: Path, seconds: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--only", default="ingot,ingot-asyncio,dnslib,nsd")
+    ap.add_argument("--only", default="ingot,ingot-asyncio,ingot-image,dnslib,nsd")
     args = ap.parse_args()
     for tool in ("dnsperf", "nsd", "taskset", "dig"):
         if shutil.which(tool) is None:
@@ -186,6 +202,10 @@ def main() -> int:
             proc = start([py, "-c", INGOT_LOOP, str(zone), str(port)], "ready", port)
         elif name == "ingot-asyncio":
             proc = start([py, "-c", INGOT_ASYNCIO, str(zone), str(port)], "ready", port)
+        elif name == "ingot-image":
+            image = build_image(work)
+            proc = start([py, str(image), "--port", str(port), "--zones-path", str(zone.parent),
+                          "--reload", "0"], "msg=listening", port)
         elif name == "dnslib":
             proc = start([py, "-c", DNSLIB, str(zone), str(port)], "ready", port)
         elif name == "nsd":
@@ -220,7 +240,7 @@ zone:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    for ours in ("ingot", "ingot-asyncio"):
+    for ours in ("ingot", "ingot-asyncio", "ingot-image"):
         for peer in ("dnslib", "nsd"):
             if ours in results and peer in results:
                 print(f"{ours}/{peer}: {results[ours] / results[peer]:.2f}")

@@ -11,16 +11,20 @@ non-terminals, a delegation, a large RRset). Run::
 
 With atheris installed the DNS modules are instrumented and libFuzzer drives
 the target; ``--plain`` feeds random bytes and mutated valid queries
-(:func:`seeds`, with DNS-aware changes) deterministically from ``--seed``. The netstack runner
-(``run.py``) knows only ``fuzz_netstack.py``; run this file on its own.
+(:func:`seeds`, with DNS-aware changes) deterministically from ``--seed``.
+The first argument may name the target (``query``, the only one), as
+``run.py --file fuzz_dns.py`` passes it. At the end the replies are counted
+by RCODE (and the inputs that got none), on stderr.
 """
 
 from __future__ import annotations
 
+import atexit
 import random
 import struct
 import sys
 import time
+from collections import Counter
 
 try:
     import atheris
@@ -55,6 +59,20 @@ ns.sub A 192.0.2.53
 """ + "".join(f'big TXT "{i:03} padding padding padding padding padding"\n' for i in range(40))
 
 STATE = ServerState.create([load_zone(ZONE)])
+RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
+COUNTS: Counter[str] = Counter()
+"""Replies by RCODE (``BADVERS`` for an extended one), ``none`` for no reply."""
+
+
+def _rcode(reply: bytes) -> str:
+    """The RCODE's name; the server puts its OPT (11 octets) last, which holds
+    the upper bits of an extended RCODE (BADVERS = 16)."""
+    rcode = reply[3] & 0xF
+    if len(reply) >= 23 and reply[10:12] != b"\0\0" and reply[-11:-8] == b"\x00\x00\x29":
+        rcode |= reply[-6] << 4
+    if rcode == 16:
+        return "BADVERS"
+    return RCODES[rcode] if rcode < len(RCODES) else str(rcode)
 
 
 def _check(data: bytes, proto: str) -> bool:
@@ -64,7 +82,17 @@ def _check(data: bytes, proto: str) -> bool:
         assert len(reply) >= 12 and reply[2] & 0x80, reply
         assert reply[:2] == data[:2]
         assert reply[3] & 0xF != SERVFAIL, (data.hex(), reply.hex())
+        COUNTS[_rcode(reply)] += 1
+    if not replies:
+        COUNTS["none"] += 1
     return bool(replies)
+
+
+def report() -> None:
+    total = sum(COUNTS.values())
+    if total:
+        parts = ", ".join(f"{k} {v}" for k, v in COUNTS.most_common())
+        sys.stderr.write(f"replies ({total} handle calls): {parts}\n")
 
 
 def t_query(data: bytes) -> None:
@@ -78,6 +106,9 @@ def _q(name: bytes, qtype: int, flags: int = 0x0100, opt: bytes = b"") -> bytes:
     labels = b"".join(bytes([len(p)]) + p for p in name.split(b".") if p) + b"\0"
     return struct.pack("!HHHHHH", 0x1234, flags, 1, 0, 0, 1 if opt else 0) + labels + \
         struct.pack("!HH", qtype, 1) + opt
+
+
+TARGETS = {"query": t_query}
 
 
 def seeds() -> list[bytes]:
@@ -138,6 +169,12 @@ def main(argv: list[str]) -> int:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 2
+    if argv[:1] == ["--list"]:
+        print("\n".join(TARGETS))
+        return 0
+    if argv and argv[0] in TARGETS:
+        argv = argv[1:]
+    atexit.register(report)
     if "--plain" in argv or atheris is None:
         runs = int(argv[argv.index("--plain") + 1]) if "--plain" in argv else 100_000
         seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
@@ -146,6 +183,7 @@ def main(argv: list[str]) -> int:
         print(f"plain: {runs} inputs in {time.monotonic() - t0:.1f} s, no failure")
         return 0
     atheris.Setup([sys.argv[0], *argv], t_query)
+    sys.stdout.flush()
     atheris.Fuzz()
     return 0
 

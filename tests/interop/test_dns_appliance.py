@@ -202,3 +202,32 @@ def test_appliance_as_secondary_of_knot(cli: Cli, tmp_path):
     finally:
         knot.stop()
     assert 'msg="zone transferred"' in out and "kind=ixfr" in out
+
+
+def test_appliance_as_secondary_of_two_zones_pulls_both(cli: Cli, tmp_path):
+    """Each zone's transfer has its own connection (their numbers start at 1 in every zone)."""
+    cli("configure", ROOT / "appliances" / "dns", "--zones", "direct")
+    cli("build", ROOT / "appliances" / "dns")
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "example.test.zone").write_text(ZONE)
+    (zones / "other.test.zone").write_text(ZONE.replace("example.test.", "other.test.")
+                                           .replace("192.0.2.10", "192.0.2.20"))
+    empty = tmp_path / "nozones"
+    empty.mkdir()
+    image = cli.image("dns-unix")
+    primary = Server(image, "--zones-path", str(zones), "--transfer-acl", "127.0.0.0/8")
+    try:
+        for _ in range(3):  # both zones are due at once, every time
+            srv = Server(image, "--zones-path", str(empty), "--secondary-of",
+                         f"127.0.0.1:{primary.port}", "--secondary-zones",
+                         "example.test,other.test")
+            try:
+                wait_for("both zones", lambda: "192.0.2.10" in dig(srv.port, "+short",
+                                                                   "www.example.test")
+                         and "192.0.2.20" in dig(srv.port, "+short", "www.other.test"))
+            finally:
+                out = srv.stop()
+            assert out.count('msg="zone transferred"') == 2, out
+    finally:
+        primary.stop()
