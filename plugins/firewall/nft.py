@@ -200,8 +200,8 @@ def _rule_lines(rule: FilterRule, setup: FilterSetup) -> list[str]:
     if rule.dns:
         if not setup.virtual_dns or rule.proto == "icmp" or icmptype is not None:
             return []  # no virtual DNS address (or ICMP to port 53): matches nothing
-        if ports is not None and not ports[0] <= 53 <= ports[1]:
-            return []
+        if ports is not None and ports != (53, 53):
+            return []  # as Qubes' agent: a DNS rule with other ports emits nothing
         matches += ["ct original ip daddr @virtual_dns", *_port_match(rule.proto, (53, 53))]
     elif icmptype is not None:
         matches.append(f"icmp type {icmptype}")
@@ -363,6 +363,12 @@ def compile_ruleset(setup: FilterSetup, clients: Mapping[str, str],
     out += ["  chain forward {",
             "    type filter hook forward priority filter; policy drop;",
             '    ct state invalid counter name "drop_invalid" drop',
+            # the virtual DNS addresses are the firewall's: DNS to them (redirected in
+            # prerouting) is judged by the client's rules, anything else is refused
+            *(["    iifname @client_ifs ct status dnat ct original ip daddr @virtual_dns "
+                "iifname vmap @client_chains",
+                "    iifname @client_ifs ct original ip daddr @virtual_dns "
+                f'counter name "drop_to_firewall" {REJECT_HOST}'] if vdns else []),
             "    iifname vmap @client_chains",
             f'    iifname "{uplink}" oifname @client_ifs ct state established,related '
             'counter name "forwarded" accept',

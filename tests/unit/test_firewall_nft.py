@@ -115,6 +115,7 @@ def test_rules_that_can_match_nothing_are_left_out():
     rules = ClientRules(C1, rules=(
         FilterRule("accept", 0, dst=(), dsthost="unresolved.example"),  # dsthost not resolved
         FilterRule("accept", 1, dns=True, dstports=(80, 90)),          # 53 not in the range
+        FilterRule("accept", 1, dns=True, dstports=(50, 60)),          # not 53-53: as Qubes
     ))
     assert client_lines(rules) == [POLICY]
     assert client_lines(ClientRules(C1, rules=(FilterRule("accept", 0, dns=True),)),
@@ -175,6 +176,10 @@ def test_the_table_is_replaced_atomically_with_the_hooks_it_needs():
     assert "type filter hook forward priority filter; policy drop;" in script
     assert chain(script, "forward") == [
         'ct state invalid counter name "drop_invalid" drop',
+        "iifname @client_ifs ct status dnat ct original ip daddr @virtual_dns "
+        "iifname vmap @client_chains",
+        'iifname @client_ifs ct original ip daddr @virtual_dns counter name '
+        '"drop_to_firewall" reject with icmp type host-prohibited',
         "iifname vmap @client_chains",
         'iifname "eth9" oifname @client_ifs ct state established,related '
         'counter name "forwarded" accept',
