@@ -50,6 +50,18 @@ def _peer(text: str, keyring: dict[str, tsig.Key], key_name: str = "") -> acl.Pe
     return acl.Peer(host, int(port) if port else 53, key)
 
 
+def _notify_peer(text: str, keyring: dict[str, tsig.Key]) -> acl.Peer:
+    """A ``--notify`` entry: ``host[:port]``, then optionally ``key:NAME`` (space-separated,
+    as in ACL rules): the ``--tsig-keys`` key that signs the NOTIFYs to that peer."""
+    words = text.split()
+    if not words or len(words) > 2 or (len(words) == 2 and not words[1].lower().startswith("key:")):
+        raise ValueError(f"--notify entry {text!r} is not 'host[:port] [key:NAME]'")
+    key_name = words[1][4:] if len(words) == 2 else ""
+    if len(words) == 2 and not key_name:
+        raise ValueError(f"--notify entry {text!r}: empty key name")
+    return _peer(words[0], keyring, key_name)
+
+
 class Dns:
     """The appliance: see the module docstring."""
 
@@ -66,7 +78,7 @@ class Dns:
         self.service: DnsService | None = None
         self.ready = asyncio.Event()
         self.keyring = tsig.keyring([tsig.parse_key(t) for t in keys.tsig_keys])
-        self.notify_peers = [_peer(p, self.keyring) for p in keys.notify]
+        self.notify_peers = [_notify_peer(p, self.keyring) for p in keys.notify]
         self.notifier = notify.NotifySender(self._new_id)
         self.secondaries: dict[str, secondary.Secondary] = {}
         self._udp_clients: dict[str, Any] = {}
@@ -76,6 +88,7 @@ class Dns:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._persist_lock = asyncio.Lock()
+        self._push_lock = asyncio.Lock()
 
     # -- time, ids -----------------------------------------------------------
     def _now_ns(self) -> int:
@@ -201,7 +214,8 @@ class Dns:
             return
         soa = zone.get(zone.origin, 6)
         sends = self.notifier.zone_changed(str(zone.origin), soa.records(zone.origin)[0],
-                                           self.notify_peers, self.mclock.elapsed_ns())
+                                           self.notify_peers, self.mclock.elapsed_ns(),
+                                           now_s=self._now_ns() // SECOND)
         self._send_udp(sends)
         self._wake.set()
 
@@ -227,11 +241,22 @@ class Dns:
                     raise
                 self.log.info("zone updated", zone=ev.origin, serial=ev.zone.serial,
                               removed=len(ev.change.removed), added=len(ev.change.added))
+                self._push_soon()
                 self._notify(ev.zone)
             elif isinstance(ev, notify.RefreshNow):
                 sec = self.secondaries.get(str(ev.origin).lower().rstrip(".") + ".")
                 if sec is not None:
                     self._run_actions(sec, sec.notify(self._now_ns(), ev.serial))
+
+    def _push_soon(self) -> None:
+        """After a stored change: push the store to its remote (``--store-remote``) in the
+        background; pushes run one at a time, a failed one is retried by the next."""
+        if self.store.has_remote:
+            self._spawn(self._push())
+
+    async def _push(self) -> None:
+        async with self._push_lock:
+            await self.store.push()
 
     def _undo(self, ev: update.ZoneChanged) -> None:
         """Put back the version before an update that could not be stored (unless
@@ -249,9 +274,10 @@ class Dns:
                          serial=ev.previous.serial)
 
     def _on_notify_response(self, src: tuple[str, int], data: bytes) -> None:
-        for done in self.notifier.handle_response(src, data, self.mclock.elapsed_ns()):
-            self.log.info("notify answered", zone=done.origin, peer=done.peer.address,
-                          rcode=done.rcode)
+        for done in self.notifier.handle_response(src, data, self.mclock.elapsed_ns(),
+                                                      now_s=self._now_ns() // SECOND):
+            self.log.info("notify answered", zone=done.origin,
+                          peer=f"{done.peer.address}:{done.peer.port}", rcode=done.rcode)
 
     # -- secondary -----------------------------------------------------------------
     def _start_secondaries(self, primary: str, stored: dict[str, Zone]) -> None:
@@ -340,6 +366,7 @@ class Dns:
             async with self._persist_lock:
                 await self.store.save(origin, act.records, jr,
                                       f"{act.kind} {origin} serial {act.serial}")
+            self._push_soon()
         except DeviceError as exc:
             self.log.error("cannot store the transferred zone", zone=origin, error=str(exc))
         self.log.info("zone transferred", zone=origin, serial=act.serial, kind=act.kind,

@@ -44,7 +44,9 @@ appliance = Appliance(
             "--transfer-acl; empty: nobody", []),
         key("notify", list,
             "Secondaries to NOTIFY after a change, as host[:port] ([v6]:port; port 53 when "
-            "left out)", []),
+            "left out), optionally followed by a space and key:NAME (a --tsig-keys name) to "
+            "sign the NOTIFYs to that peer ('127.0.0.1:5301 key:xfr.key'); unsigned otherwise",
+            []),
         key("secondary-of", str,
             "Be a secondary of this primary (host[:port]); empty: be a primary", ""),
         key("secondary-zones", list,

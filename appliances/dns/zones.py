@@ -149,6 +149,24 @@ class ZoneStore:
                 self.log.error("stored zone data unusable; ignored", key=name, error=str(exc))
         return zones, journals
 
+    @property
+    def has_remote(self) -> bool:
+        """Whether the store can push to a remote (``kv_rw/git`` with ``--store-remote``)."""
+        return callable(getattr(self.store, "push", None)) and bool(
+            getattr(self.store, "_remote", None))
+
+    async def push(self) -> bool:
+        """Push the store to its remote; a failure is logged as one warning (the local
+        commits stay, the next push sends them too). True when it went through."""
+        try:
+            await self.store.push()
+        except Exception as exc:  # noqa: BLE001 - a failed push never stops the server
+            self.log.warning("store push failed (retried after the next change)",
+                             error=str(exc))
+            return False
+        self.log.debug("store pushed")
+        return True
+
     async def save(self, origin: str, records: Sequence[RR], journal: Journal | None,
                    message: str) -> None:
         """Write a zone (and its journal) in one atomic batch; raises DeviceError."""

@@ -97,9 +97,11 @@ class NotifySender:
     pending: list[_Pending] = field(default_factory=list)
     ignored: int = 0
 
-    def zone_changed(self, origin: str, soa: RR, peers: Sequence[Peer], now_ns: int
-                     ) -> list[SendUdp]:
-        """Start NOTIFYs for a new version of ``origin``; the datagrams to send now."""
+    def zone_changed(self, origin: str, soa: RR, peers: Sequence[Peer], now_ns: int, *,
+                     now_s: int | None = None) -> list[SendUdp]:
+        """Start NOTIFYs for a new version of ``origin``; the datagrams to send now.
+        ``now_ns`` drives the timers (monotonic); ``now_s`` is the POSIX time a
+        TSIG carries (default ``now_ns`` in seconds, for callers with one clock)."""
         self.pending = [p for p in self.pending if name_key(p.origin) != name_key(origin)]
         out = []
         for peer in peers:
@@ -107,7 +109,8 @@ class NotifySender:
             wire = notify_message(origin, soa, msg_id)
             mac = b""
             if peer.key is not None:
-                wire, mac = tsig.sign(wire, peer.key, now_ns // SECOND)
+                wire, mac = tsig.sign(wire, peer.key,
+                                      now_ns // SECOND if now_s is None else now_s)
             self.pending.append(_Pending(origin, peer, msg_id, wire, mac, 1,
                                          now_ns + self.timeout_ns, self.timeout_ns))
             out.append(SendUdp((peer.address, peer.port), wire))
@@ -136,9 +139,10 @@ class NotifySender:
         self.pending = keep
         return out
 
-    def handle_response(self, src: tuple[str, int], wire: bytes, now_ns: int
-                        ) -> list[NotifyDone]:
-        """Match a NOTIFY response; the NotifyDone it completes, if any."""
+    def handle_response(self, src: tuple[str, int], wire: bytes, now_ns: int, *,
+                        now_s: int | None = None) -> list[NotifyDone]:
+        """Match a NOTIFY response; the NotifyDone it completes, if any (``now_s``:
+        as in :meth:`zone_changed`)."""
         try:
             msg = parse_message(strip_tsig(wire))
         except (WireError, tsig.TsigError):
@@ -152,8 +156,8 @@ class NotifySender:
                 continue
             if p.peer.key is not None:
                 try:
-                    tsig.verify(wire, {p.peer.key.name: p.peer.key}, now_ns // SECOND,
-                                request_mac=p.mac)
+                    tsig.verify(wire, {p.peer.key.name: p.peer.key},
+                                now_ns // SECOND if now_s is None else now_s, request_mac=p.mac)
                 except tsig.TsigError:
                     continue
             self.pending.remove(p)

@@ -29,6 +29,12 @@ Rules:
   the reply holds only the question (and OPT) with TC set, as Knot does;
   additional RRsets that do not fit are left out whole, without TC. Over TCP
   replies are complete;
+* a QUERY with a TSIG record (RFC 8945) is verified against the keyring of
+  the transfer config (``state.ext["dns.transfer"]``, see :mod:`.xfr`): an
+  unknown key answers NOTAUTH with TSIG error BADKEY, a bad MAC BADSIG, a
+  time out of the fudge BADTIME (as :func:`.acl.authenticate`); a verified
+  one is answered as if unsigned and the reply signed with the same key. A
+  signed query never uses the reply cache;
 * an internal error while answering gives SERVFAIL.
 
 Speed: a query that is plain (opcode QUERY, one question, no records but
@@ -50,6 +56,8 @@ from typing import NamedTuple
 
 from dnslib import RR, DNSBuffer, DNSLabel
 
+from . import tsig
+from .acl import authenticate, sign_reply
 from .query import Answer, Section, resolve
 from .zone import Key, Zone, name_key
 
@@ -374,6 +382,8 @@ def _dispatch(state: ServerState, now_ns: int, proto: str, src: tuple[str, int],
         if state.xfr_handler is None:
             return state, [error_reply(query, REFUSED)], []
         return state.xfr_handler(state, now_ns, proto, src, data, query)
+    if plain is None and query.arcount and tsig.find_tsig(data) is not None:
+        return state, _signed_answer(state, now_ns, proto, data), []
     reply = _answer(state, query, proto == "tcp")
     if plain is not None:
         if len(state.cache) >= CACHE_LIMIT:
@@ -381,6 +391,30 @@ def _dispatch(state: ServerState, now_ns: int, proto: str, src: tuple[str, int],
         state.cache[plain[0]] = reply
         return state, [_patch(reply, data, plain[1])], []
     return state, [_patch(reply, data, query.question_end)], []
+
+
+def _signed_answer(state: ServerState, now_ns: int, proto: str, data: bytes) -> list[bytes]:
+    """The reply to a QUERY carrying a TSIG (RFC 8945): verified against the
+    keyring of ``state.ext[xfr.EXT]`` (failures answer NOTAUTH with the TSIG
+    error: BADKEY, BADSIG, BADTIME; FORMERR unsigned), answered as unsigned,
+    then signed with the same key. Never cached. Over UDP a signed reply that
+    does not fit is sent as question + TC (signed)."""
+    from .xfr import config_of  # xfr builds on this module's neighbours, not on it
+    now_s = now_ns // 1_000_000_000
+    auth = authenticate(data, config_of(state).keyring, now_s)
+    if auth.failed:
+        return [auth.error_reply] if auth.error_reply else []
+    bare = data[:10] + (int.from_bytes(data[10:12], "big") - 1).to_bytes(2, "big") \
+        + data[12:tsig.find_tsig(data).offset]
+    query = parse_query(bare)
+    tcp = proto == "tcp"
+    reply = _answer(state, query, tcp)
+    wire = sign_reply(_patch(reply, bare, query.question_end), auth, now_s)
+    if not tcp and len(wire) > udp_limit(query.edns):
+        head = pack_reply(query, Answer(reply[3] & 0xF, bool(reply[2] & 0x04), [], [], []))
+        head = head[:2] + bytes((head[2] | F_TC >> 8,)) + head[3:]
+        wire = sign_reply(_patch(head, bare, query.question_end), auth, now_s)
+    return [wire]
 
 
 def _answer(state: ServerState, query: Query, tcp: bool) -> bytes:

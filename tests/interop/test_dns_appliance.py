@@ -8,6 +8,7 @@ import base64
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -231,3 +232,100 @@ def test_appliance_as_secondary_of_two_zones_pulls_both(cli: Cli, tmp_path):
             assert out.count('msg="zone transferred"') == 2, out
     finally:
         primary.stop()
+
+
+XFR_TSIG = f"hmac-sha256:xfr.key:{base64.b64encode(b'ingot-xfr-secret-0123456789abcde').decode()}"
+
+
+def test_signed_query_gets_a_signed_answer_kdig_and_dig_verify(primary):
+    """RFC 8945: a signed QUERY is verified and answered signed with the same key."""
+    start, _repo = primary
+    srv = start()
+    try:
+        for tool in ("kdig", "dig"):
+            out = subprocess.run([need(tool), "@127.0.0.1", "-p", str(srv.port), "-y", TSIG,
+                                  "+norec", "example.test", "SOA"], capture_output=True,
+                                 text=True, timeout=30).stdout
+            assert "2026112801" in out and "NOERROR" in out, out
+            assert "upd.key" in out and "BADSIG" not in out and "failed" not in out.lower(), out
+        bad = f"hmac-sha256:upd.key:{base64.b64encode(b'x' * 32).decode()}"
+        out = subprocess.run([need("kdig"), "@127.0.0.1", "-p", str(srv.port), "-y", bad,
+                              "example.test", "SOA"], capture_output=True, text=True,
+                             timeout=30)
+        assert "BADSIG" in out.stdout + out.stderr, out
+    finally:
+        srv.stop()
+
+
+def test_ingot_secondary_with_key_follows_ingot_primary_with_signed_notify(cli: Cli, tmp_path):
+    """Transfers and SOA queries signed by --secondary-key, NOTIFY signed by `--notify
+    host:port key:NAME`: AXFR, then IXFR after an update."""
+    cli("configure", ROOT / "appliances" / "dns", "--zones", "direct")
+    cli("build", ROOT / "appliances" / "dns")
+    image = cli.image("dns-unix")
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "example.test.zone").write_text(ZONE)
+    empty = tmp_path / "nozones"
+    empty.mkdir()
+    sec_port = free_port()
+    prim = Server(image, "--zones-path", str(zones), "--tsig-keys", f"{TSIG},{XFR_TSIG}",
+                  "--update-acl", "key:upd.key", "--transfer-acl", "key:xfr.key",
+                  "--notify", f"127.0.0.1:{sec_port} key:xfr.key")
+    try:
+        sec = Server(image, "--zones-path", str(empty), "--tsig-keys", XFR_TSIG,
+                     "--secondary-of", f"127.0.0.1:{prim.port}", "--secondary-zones",
+                     "example.test", "--secondary-key", "xfr.key", port=sec_port)
+        try:
+            wait_for("the secondary to pull the zone",
+                     lambda: "192.0.2.10" in dig(sec.port, "+short", "www.example.test"))
+            res = nsupdate(prim.port, "update add late.example.test. 300 A 192.0.2.88")
+            assert res.returncode == 0, res.stderr
+            wait_for("the secondary to follow the update",
+                     lambda: "192.0.2.88" in dig(sec.port, "+short", "late.example.test"))
+        finally:
+            out = sec.stop()
+    finally:
+        pout = prim.stop()
+    assert "refresh failed" not in out, out
+    assert "kind=axfr" in out and "kind=ixfr" in out, out
+    assert f'msg="notify answered" zone=example.test. peer=127.0.0.1:{sec_port} rcode=0' \
+        in pout, pout
+
+
+def test_store_remote_is_pushed_after_each_update(primary, tmp_path):
+    """--store-remote: each stored update is pushed; a failed push is one warning, keeps the
+    local commit and is made good by the next update's push."""
+    start, repo = primary
+    remote = tmp_path / "remote.git"
+    srv = start("--store-remote", f"file://{remote}")
+    try:
+        # the remote does not exist yet: the push fails, the update stands
+        res = nsupdate(srv.port, "update add one.example.test. 300 A 192.0.2.71")
+        assert res.returncode == 0, res.stderr
+        def read_until(text: str) -> None:  # the log is read line by line, kept for stop()
+            watchdog = threading.Timer(30, srv.proc.kill)  # no such line: readline ends
+            watchdog.start()
+            try:
+                while not any(text in line for line in srv.lines):
+                    line = srv.proc.stdout.readline()
+                    assert line, f"no {text!r} in:\n" + "".join(srv.lines)
+                    srv.lines.append(line)
+            finally:
+                watchdog.cancel()
+        read_until("store push failed")
+        assert git(repo, "log", "--format=%s", "main").splitlines() == [
+            "update example.test. serial 2026112802"]
+        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+        res = nsupdate(srv.port, "update add two.example.test. 300 A 192.0.2.72")
+        assert res.returncode == 0, res.stderr
+
+        def pushed() -> bool:
+            r = subprocess.run(["git", "-C", str(remote), "log", "--format=%s", "main"],
+                               capture_output=True, text=True)
+            return r.stdout.splitlines() == ["update example.test. serial 2026112803",
+                                              "update example.test. serial 2026112802"]
+        wait_for("both commits on the remote", pushed)
+    finally:
+        out = srv.stop()
+    assert out.count("store push failed") == 1, out

@@ -330,3 +330,43 @@ def test_core_modules_do_no_io():
 def test_records_round_trip_through_a_reply():
     r = ask("example.com", "SOA")
     assert isinstance(r.rr[0], RR) and r.rr[0].rdata.times[0] == 7
+
+
+# -- TSIG-signed queries (RFC 8945) ----------------------------------------------
+
+def _signed_state():
+    from ingot.plugins.dns import tsig, xfr
+    key = tsig.parse_key("sig-key:" + "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0")
+    return key, STATE.with_ext(xfr.EXT, xfr.TransferConfig(keyring=tsig.keyring([key])))
+
+
+def test_signed_query_gets_a_signed_answer_and_skips_the_cache():
+    from ingot.plugins.dns import tsig
+    key, state = _signed_state()
+    now = 1_700_000_000
+    for _ in range(2):  # the second time a cached unsigned reply would be at hand
+        q = DNSRecord.question("www.example.com", "A")
+        handle(state, now * 10**9, "udp", ("192.0.2.200", 5353), q.pack())  # fill the cache
+        wire, mac = tsig.sign(q.pack(), key, now)
+        _, replies, _ = handle(state, now * 10**9, "udp", ("192.0.2.200", 5353), wire)
+        assert len(replies) == 1
+        verified = tsig.verify(replies[0], key, now, request_mac=mac)
+        r = DNSRecord.parse(verified.message)
+        assert r.header.aa and r.header.rcode == 0 and rrs(r.rr) == ["www.example.com. A 192.0.2.10"]
+
+
+def test_signed_query_failures_answer_notauth_with_the_tsig_error():
+    from ingot.plugins.dns import tsig
+    key, state = _signed_state()
+    now = 1_700_000_000
+    q = DNSRecord.question("www.example.com", "SOA").pack()
+    other = tsig.parse_key("other-key:" + "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0")
+    wrong = tsig.parse_key("sig-key:" + "b3RoZXJvdGhlcm90aGVyb3RoZXJvdGhlcg==")
+    cases = [(tsig.sign(q, other, now)[0], tsig.BADKEY), (tsig.sign(q, wrong, now)[0], tsig.BADSIG),
+             (tsig.sign(q, key, now - 1000)[0], tsig.BADTIME)]
+    for wire, error in cases:
+        _, replies, _ = handle(state, now * 10**9, "udp", ("192.0.2.200", 5353), wire)
+        assert len(replies) == 1
+        r = DNSRecord.parse(replies[0])
+        assert r.header.rcode == 9 and not r.rr  # NOTAUTH
+        assert tsig.find_tsig(replies[0]).error == error
