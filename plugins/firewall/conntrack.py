@@ -80,7 +80,7 @@ class Connection:
     ``cache`` is the engine's (per-direction checksum deltas)."""
 
     __slots__ = ("orig", "nat", "reply", "client", "orig_iface", "reply_iface", "match",
-                 "deadline", "replied", "closing", "cache")
+                 "deadline", "replied", "closing", "cache", "fast")
 
     def __init__(self, orig: Tuple, nat: Tuple, client: str, orig_iface: str,
                  reply_iface: str, match: tuple) -> None:
@@ -95,6 +95,7 @@ class Connection:
         self.replied = False
         self.closing = False
         self.cache = None
+        self.fast = None  # the engine's fast path: per-direction precomputed edits
 
     @property
     def proto(self) -> int:

@@ -121,9 +121,11 @@ from ingot.plugins.netstack.checksum import checksum, ones_sum, pseudo
 from ingot.plugins.netstack.errors import ParseError
 from ingot.signatures import ClientRules, FilterSetup
 
-from .conntrack import SECOND_NS, Connection, Conntrack, inverse
+from .conntrack import (SECOND_NS, TCP_ESTABLISHED_TIMEOUT_NS, UDP_ASSURED_TIMEOUT_NS,
+                        UDP_TIMEOUT_NS, Connection, Conntrack, inverse)
 from .rewrite import REPLY as _REPLY
 from .rewrite import REQUEST as _REQUEST
+from .rewrite import delta as _delta
 from .rewrite import deltas as _deltas
 from .rewrite import finish as _finish
 from .rewrite import martian as _martian
@@ -155,6 +157,13 @@ _NOFRAG, _FIRST, _LATER = 0, 1, 2
 _PORTS = struct.Struct("!HH")
 _HDR4 = struct.Struct("!BBHHHBBH4s4s")
 _H = struct.Struct("!H")
+# the fast path's view of an IPv4 header without options and the ports after it:
+# version/IHL, total length, flags/fragment offset, TTL, protocol, header checksum,
+# source, destination, source port, destination port
+_FAST4 = struct.Struct("!BxHxxHBBH4s4sHH")
+_pack_H_into = _H.pack_into
+_TCP_EST_NS = TCP_ESTABLISHED_TIMEOUT_NS
+_UDP_NS, _UDP_ASSURED_NS = UDP_TIMEOUT_NS, UDP_ASSURED_TIMEOUT_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +327,9 @@ class Engine:
             mv = view(packet)
         except (TypeError, ValueError):
             return self._drop("malformed")
+        fast = self._fast(now_ns, ingress, mv, partial_csum, in_place)
+        if fast is not None:
+            return Forward(fast[0], fast[1])
         try:
             if not len(mv):
                 raise ParseError("ip", "empty packet")
@@ -335,6 +347,97 @@ class Engine:
             return self._from_client(now_ns, ingress, mv, p, partial_csum, in_place)
         except ParseError:
             return self._drop("malformed")
+
+    # -- the fast path ---------------------------------------------------------
+
+    def _fast(self, now: int, ingress: str, mv: memoryview, partial: bool,
+              in_place: bool) -> tuple[str, bytearray | memoryview] | None:
+        """A TCP or UDP packet over IPv4 without options, not a fragment, TTL
+        above 1, of a tracked live flow in the direction it belongs to: the
+        same edits and bookkeeping as the general path, with the per-flow
+        work done once. ``(egress, packet)``; None for anything else (then the
+        general path decides, from the start)."""
+        if len(mv) < 40 or mv[0] != 0x45:
+            return None
+        _, total, frag, ttl, proto, hck, src, dst, sport, dport = _FAST4.unpack_from(mv)
+        if frag & 0x3FFF or ttl <= 1 or total > len(mv) or total < 28:
+            return None
+        if proto == TCP:
+            if total < 40:
+                return None
+        elif proto != UDP:
+            return None
+        if ingress == UPLINK:
+            if src in self._by_addr or src in self._mine:
+                return None
+        elif self._clients.get(ingress) != src:
+            return None
+        ct = self.conntrack
+        key = (proto, src, sport, dst, dport)
+        c = ct._keys.get(key)
+        if c is None or c.deadline <= now:
+            return None
+        if key == c.orig and ingress == c.orig_iface:
+            is_reply = False
+        elif key == c.reply and ingress == c.reply_iface:
+            is_reply = True
+        else:
+            return None
+        # the header checksum (the general path drops a bad one as malformed)
+        if int.from_bytes(mv[:20], "big") % 0xFFFF:
+            return None
+        fast = c.fast
+        if fast is None:
+            fast = c.fast = [None, None]
+        f = fast[is_reply]
+        if f is None:
+            new = inverse(c.orig) if is_reply else c.nat
+            d_full, d_addr = _deltas(proto, 0, False, key, new)
+            f = fast[is_reply] = (
+                c.orig_iface if is_reply else c.reply_iface,
+                None if key == new else _PORTS.pack(new[2], new[4]),
+                new[1] + new[3], d_full, d_addr,
+                # the IPv4 header's sum changes by the addresses and the TTL word's -0x100
+                _delta(src + dst, new[1] + new[3]) + 0xFEFF)
+        egress, ports, addrs, d_full, d_addr, ip_k = f
+        # conntrack: Conntrack.seen, inline
+        if proto == TCP:
+            flags = mv[33]
+            if flags & 0x05:  # FIN, RST
+                c.closing = True
+            elif flags & 0x02 and not flags & 0x10 and not is_reply:  # SYN without ACK
+                if c.closing:
+                    c.closing = c.replied = False
+            elif is_reply:
+                c.replied = True
+            c.deadline = now + (_TCP_EST_NS if c.replied and not c.closing
+                                else c.timeout())
+        else:  # UDP
+            if is_reply:
+                c.replied = True
+            c.deadline = now + (_UDP_ASSURED_NS if c.replied else _UDP_NS)
+        ct._lru.move_to_end(c.orig)
+        buf = mv[:total] if in_place and not mv.readonly else bytearray(mv[:total])
+        if ports is not None:
+            ck_at = 36 if proto == TCP else 26
+            ck = (buf[ck_at] << 8) | buf[ck_at + 1]
+            buf[20:24] = ports
+            if partial:
+                n = ck + d_addr
+                _pack_H_into(buf, ck_at, (n % 0xFFFF or 0xFFFF) if n else 0)
+            elif proto == UDP and ck == 0:
+                pass  # no checksum
+            else:
+                n = (0xFFFF ^ ck) + d_full
+                ck = 0xFFFF ^ ((n % 0xFFFF or 0xFFFF) if n else 0)
+                _pack_H_into(buf, ck_at, 0xFFFF if ck == 0 and proto == UDP else ck)
+        buf[8] = ttl - 1
+        buf[12:20] = addrs
+        n = (0xFFFF ^ hck) + ip_k
+        _pack_H_into(buf, 10, 0xFFFF ^ (n % 0xFFFF or 0xFFFF))
+        counters = self.counters
+        counters["forwarded"] = counters.get("forwarded", 0) + 1
+        return egress, buf
 
     # -- parsing -------------------------------------------------------------
 

@@ -327,6 +327,65 @@ class L2:
         counters.incr("l2.ethertype")
         return [Dropped(iface, f"EtherType {etype:#06x}", meta)]
 
+    def fast_input(self, iface: str, frame: bytes | bytearray) -> memoryview | None:
+        """The common case of :meth:`input` without its events: an IPv4 frame
+        from a known MAC (the client's learnt one), for our MAC, whose lengths
+        are right. Its packet (as :class:`Deliver` would carry it), or None:
+        then :meth:`input` decides (nothing was counted or learnt here)."""
+        n = len(frame) - _HLEN
+        if n < 20 or frame[12] != 8 or frame[13] != 0:
+            return None
+        vi = frame[14]
+        if vi >> 4 != 4:
+            return None
+        if iface == UPLINK:
+            own = self.uplink_mac
+            src = frame[6:12]
+            if src == own or src[0] & 1:
+                return None
+        else:
+            client = self._clients.get(iface)
+            if client is None or client.peer is None or frame[6:12] != client.peer:
+                return None
+            own = client.mac
+        if frame[:6] != own:
+            return None
+        ihl = (vi & 15) * 4
+        total = (frame[16] << 8) | frame[17]
+        if ihl < 20 or total < ihl or total > n:
+            return None
+        if total == n:
+            return memoryview(frame)[_HLEN:]
+        return memoryview(frame)[_HLEN:_HLEN + total]
+
+    def fast_output(self, now_ns: int, egress: str, frame: bytearray) -> bool:
+        """The common case of :meth:`output` with ``frame``, without its
+        events: an IPv4 packet of at least the minimum payload that fills
+        ``frame`` from byte 14, to the gateway while its MAC is fresh (and no
+        refresh is due) or to a client whose MAC is known. Writes the Ethernet
+        header into ``frame`` and returns True (send ``frame``); False: call
+        :meth:`output` (nothing was done)."""
+        if len(frame) - _HLEN < _MIN_PAYLOAD or frame[_HLEN] >> 4 != 4:
+            return False
+        if egress == UPLINK:
+            gw_mac = self._gw_mac
+            if gw_mac is None:
+                return False
+            dst = frame[30:34]
+            if int.from_bytes(dst, "big") & self._mask == self._net and dst != self.gateway:
+                return False
+            age = now_ns - self._gw_seen
+            if age >= self.reachable_ns or (age > self.reachable_ns - self.refresh_ns
+                                            and now_ns >= self._gw_probe_ns):
+                return False
+            frame[:_HLEN] = self._gw_header4
+            return True
+        client = self._clients.get(egress)
+        if client is None or client.peer is None:
+            return False
+        frame[:_HLEN] = client.header4
+        return True
+
     @staticmethod
     def _ip_payload(frame: bytes, etype: int) -> memoryview | None:
         """The IP packet after the Ethernet header (a view of ``frame``), cut at its

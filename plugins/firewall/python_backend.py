@@ -290,7 +290,25 @@ class PythonFilter:
             # one copy, into a buffer the engine edits in place and the Ethernet
             # header is then written into: no copy of the packet behind a new header
             buf = bytearray(frame)
-            for ev in l2.input(now, name, buf, header):  # type: ignore[union-attr]
+            packet = l2.fast_input(name, buf)  # type: ignore[union-attr]
+            if packet is not None:
+                # the common case: a plain frame, maybe a packet of a tracked flow
+                fast = engine._fast(now, name, packet, partial, True)  # type: ignore
+                if fast is not None:
+                    egress, out = fast
+                    if len(out) + 14 == len(buf):
+                        if l2.fast_output(now, egress, buf):  # type: ignore[union-attr]
+                            self._transmit(egress, buf, header)
+                        else:
+                            self._emit(l2.output(now, egress, out, header,  # type: ignore
+                                                 frame=buf))
+                    else:
+                        self._emit(l2.output(now, egress, out, header))  # type: ignore
+                    return
+                events: list[Any] = [Deliver(name, packet, header)]
+            else:
+                events = l2.input(now, name, buf, header)  # type: ignore[union-attr]
+            for ev in events:
                 if type(ev) is Deliver:
                     verdict = engine.handle(now, name, ev.packet, partial_csum=partial,
                                             in_place=True)
@@ -326,31 +344,33 @@ class PythonFilter:
                 self._drop(ev.iface, ev.reason)
 
     def _send(self, ev: Transmit) -> None:
-        iface = self._ifaces.get(ev.iface)
+        self._transmit(ev.iface, ev.frame, ev.meta)
+
+    def _transmit(self, name: str, frame: bytes | bytearray, header: Any) -> None:
+        iface = self._ifaces.get(name)
         if iface is None:
             self._count("fw.tx_no_interface")
             return
         dev = iface.dev
-        header = ev.meta
         try:
             if header is None or (header.flags == 0 and header.gso_type == 0):
-                dev.write(ev.frame)
+                dev.write(frame)
             elif iface.vnet:
-                dev.write_vnet(header, ev.frame)
+                dev.write_vnet(header, frame)
             else:
                 from ingot.plugins.netif.offload import complete
 
-                for frame in complete(header, ev.frame, ethernet=True):
-                    dev.write(frame)
+                for part in complete(header, frame, ethernet=True):
+                    dev.write(part)
                 self._count("fw.tx_finished_in_software")
         except MessageTooLong:
             self._count("fw.tx_too_long")
-            self._drop(ev.iface, "packet longer than the interface MTU")
+            self._drop(name, "packet longer than the interface MTU")
         except Closed:
             self._count("fw.tx_closed")
         except (DeviceError, ValueError, OSError) as exc:
             self._count("fw.tx_failed")
-            self._drop(ev.iface, f"send failed: {exc}")
+            self._drop(name, f"send failed: {exc}")
 
     def _count(self, name: str, n: int = 1) -> None:
         self._counters[name] = self._counters.get(name, 0) + n

@@ -840,3 +840,61 @@ def test_stats_and_counter_names():
     assert st_["conntrack.entries"] == 1 and st_["fragments.entries"] == 0
     assert all(k.startswith(("drop.", "forwarded", "conntrack.", "local.", "fragments."))
                for k in st_)
+
+
+def test_fast_path_matches_the_general_path():
+    """Established TCP/UDP over IPv4 take Engine._fast: same bytes, verdicts,
+    counters and conntrack state as the general path, on a random mix (bad
+    header checksums, TTL 1, no UDP checksum, wrong interfaces, partial
+    checksums, FIN/RST/SYN, expiry)."""
+    import random
+
+    rnd = random.Random(7)
+    fast, slow = engine(SETUP, C1, C2), engine(SETUP, C1, C2)
+    slow._fast = lambda *a: None
+    hits = 0
+    orig = fast._fast
+
+    def counted(*a):
+        nonlocal hits
+        r = orig(*a)
+        hits += r is not None
+        return r
+    fast._fast = counted
+
+    def state(e):
+        return dict(e.counters), [(c.orig, c.nat, c.deadline, c.replied, c.closing)
+                                  for c in e.conntrack]
+
+    def out(v):
+        return (type(v), getattr(v, "egress", None), bytes(getattr(v, "packet", b"")),
+                getattr(v, "reason", None), getattr(v, "reply", None))
+    now = 0
+    flags = [tcp.ACK, tcp.ACK, tcp.SYN, tcp.SYN | tcp.ACK, tcp.FIN | tcp.ACK, tcp.RST]
+    for _ in range(4000):
+        now += rnd.choice([1, 1000, S, 1, 40 * S if rnd.random() < 0.05 else 1])
+        proto, f, ttl = rnd.choice([6, 17]), rnd.choice(flags), rnd.choice([64, 64, 1])
+        sp, dp = rnd.choice([40000, 1234]), rnd.choice([5201, 53])
+        kind = rnd.random()
+        if kind < 0.5:
+            ing = rnd.choice([C1, C2])
+            dst = rnd.choice([R, R2, C1 if ing == C2 else C2])
+            src = ing
+        else:
+            ing, src, dst = UPLINK, rnd.choice([R, R2, C1]), UP
+            sp, dp = dp, rnd.choice([sp, 1024])
+        p = bytearray(tcp_pkt(src, dst, sp, dp, f, ttl=ttl) if proto == 6
+                      else udp_pkt(src, dst, sp, dp, ttl=ttl))
+        r = rnd.random()
+        if r < 0.05:
+            p[10] ^= 1
+        elif r < 0.1 and proto == 17:
+            p[26:28] = b"\0\0"
+        elif r < 0.13:
+            ing = rnd.choice([C1, C2])
+        partial, in_place = rnd.random() < 0.2, rnd.random() < 0.5
+        a = fast.handle(now, ing, bytearray(p), partial_csum=partial, in_place=in_place)
+        b = slow.handle(now, ing, bytearray(p), partial_csum=partial, in_place=in_place)
+        assert out(a) == out(b)
+        assert state(fast) == state(slow)
+    assert hits > 500

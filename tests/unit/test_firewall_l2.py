@@ -365,3 +365,25 @@ def test_l2_does_no_io():
               if isinstance(node, ast.ImportFrom)}
     assert not names & {"socket", "asyncio", "time", "random", "os", "select", "selectors",
                         "subprocess", "threading", "signal"}
+
+
+def test_fast_input_and_output_agree_with_input_and_output():
+    l2 = make()
+    learn_gateway(l2)
+    frame = eth(FW_C1, C1_MAC, ip_packet(C1, "8.8.8.8", b"x" * 30))
+    assert l2.fast_input(C1, bytearray(frame)) is None  # the client's MAC is not learnt yet
+    (ev,) = l2.input(0, C1, bytearray(frame))
+    assert isinstance(ev, Deliver)
+    before = l2.counters.snapshot()
+    buf = bytearray(frame)
+    assert bytes(l2.fast_input(C1, buf)) == bytes(ev.packet)
+    assert l2.fast_input(C1, bytearray(eth(UP_MAC, C1_MAC, ip_packet(C1, "8.8.8.8")))) is None
+    assert l2.fast_input(UPLINK, bytearray(eth(UP_MAC, GW_MAC, ip_packet("8.8.8.8", C1)))) \
+        is not None
+    assert l2.fast_output(0, UPLINK, buf)
+    (tx,) = l2.output(0, UPLINK, bytes(frame[14:]), frame=bytearray(frame))
+    assert bytes(buf) == bytes(tx.frame) and buf[:6] == GW_MAC
+    assert not l2.fast_output(0, UPLINK, bytearray(eth(UP_MAC, C1_MAC, ip_packet(
+        C1, "10.200.0.7", b"x" * 30))))  # on the subnet: ARP's business
+    assert not l2.fast_output(0, C2, bytearray(frame))  # no such client
+    assert l2.counters.snapshot() == before
