@@ -53,14 +53,7 @@ class Firewall:
 
     # -- start ---------------------------------------------------------------
     async def start(self) -> None:
-        values = {}
-        for path in ("/qubes-ip", "/qubes-gateway", "/qubes-netmask", "/qubes-netvm-gateway",
-                     "/qubes-netvm-primary-dns", "/qubes-netvm-secondary-dns",
-                     "/qubes-primary-dns", "/qubes-secondary-dns", "/qubes-ip6",
-                     "/qubes-gateway6", "/qubes-netvm-gateway6"):
-            value = await self.qdb.read(path)
-            if value is not None:
-                values[path] = value
+        values = await self.qdb.multiread("/qubes-")  # one round trip for every address
         try:
             self.setup = setup_from(values, self.keys.max_connections)
         except ConfigError as exc:

@@ -68,7 +68,7 @@ from .nft import (
     rules_problem,
 )
 
-from . import LINUX, NFT_KEYS as KEYS, NFT_SPEC  # noqa: F401
+from . import NFT_SPEC
 TIMEOUT_S = 10.0
 """How long one ``nft``/``ip``/``conntrack`` command may take."""
 

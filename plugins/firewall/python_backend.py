@@ -62,7 +62,7 @@ EXPIRE_INTERVAL_S = 10.0
 _MOD = "ingot.plugins.firewall.python_backend"
 
 
-from . import CLIENT_BACKENDS, PYTHON_KEYS as KEYS, PYTHON_SPEC  # noqa: E402
+from . import CLIENT_BACKENDS, PYTHON_SPEC  # noqa: E402
 
 
 def python_spec() -> DeviceSpec:
