@@ -299,10 +299,10 @@ def test_kill_9_during_updates_loses_no_acknowledged_update(image):
     _check_store(backend, store, acked)
 
 
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
 def test_kill_9_inside_store_writes_loses_no_acknowledged_update(image):
     """Every fsync takes 80 ms more, so the kill lands inside a write (object,
     branch lock, journal, rename); random moments, a fixed seed per backend."""
+    assert STRACE, "strace is not installed (see .ci/debian-packages.txt)"
     backend, path, args, store = image
     rnd = random.Random(f"durability-{backend}")
     acked: list[str] = []
