@@ -23,8 +23,9 @@ import atexit
 import random
 import struct
 import sys
-import time
 from collections import Counter
+
+import driver
 
 try:
     import atheris
@@ -150,43 +151,14 @@ def _mutate(rnd: random.Random, data: bytes) -> bytes:
     return bytes(raw)
 
 
-def run_plain(runs: int, seed: int) -> None:
-    """Random bytes and mutated seeds, ``runs`` of them."""
-    rnd = random.Random(seed)
-    corpus = seeds()
-    for i in range(runs):
-        data = rnd.randbytes(rnd.randrange(200)) if i % 4 == 0 else rnd.choice(corpus)
-        for _ in range(rnd.randrange(4) if i % 4 else 0):
-            data = _mutate(rnd, data)
-        try:
-            t_query(data)
-        except Exception:
-            sys.stderr.write(f"input {i} ({data.hex()}) raised:\n")
-            raise
-
-
-def main(argv: list[str]) -> int:
-    if argv[:1] in (["-h"], ["--help"]):
-        print(__doc__)
-        return 2
-    if argv[:1] == ["--list"]:
-        print("\n".join(TARGETS))
-        return 0
-    if argv and argv[0] in TARGETS:
-        argv = argv[1:]
-    atexit.register(report)
-    if "--plain" in argv or atheris is None:
-        runs = int(argv[argv.index("--plain") + 1]) if "--plain" in argv else 100_000
-        seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
-        t0 = time.monotonic()
-        run_plain(runs, seed)
-        print(f"plain: {runs} inputs in {time.monotonic() - t0:.1f} s, no failure")
-        return 0
-    atheris.Setup([sys.argv[0], *argv], t_query)
-    sys.stdout.flush()
-    atheris.Fuzz()
-    return 0
+def _mutated(rnd: random.Random, data: bytes) -> bytes:
+    """A seed with one to three DNS-aware changes."""
+    for _ in range(rnd.randrange(1, 4)):
+        data = _mutate(rnd, data)
+    return data
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    atexit.register(report)
+    sys.exit(driver.main(sys.argv[1:], __doc__, TARGETS, seeds, atheris, mutate=_mutated,
+                         random_every=4, default="query"))

@@ -18,11 +18,10 @@ valid packets (see :func:`seeds`), deterministically from ``--seed``.
 
 from __future__ import annotations
 
-import random
 import struct
 import sys
-import time
-from collections.abc import Callable
+
+import driver
 
 try:
     import atheris
@@ -183,10 +182,7 @@ def t_arp_cache(data: bytes) -> None:
         assert len(cache.pending()) <= 4 and all(n <= 3 for n in cache.pending().values())
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {
-    name[2:].replace("_", "-"): fn for name, fn in sorted(globals().items())
-    if name.startswith("t_") and callable(fn)
-}
+TARGETS = driver.targets(globals())
 
 
 def seeds() -> list[bytes]:
@@ -213,65 +209,6 @@ def seeds() -> list[bytes]:
     ]
 
 
-def run_one(target: Callable[[bytes], None], data: bytes) -> bool:
-    """One input: True if it was taken, False if refused with ParseError;
-    anything else propagates."""
-    try:
-        target(data)
-    except ParseError:
-        return False
-    return True
-
-
-def plain(target: Callable[[bytes], None], runs: int, seed: int) -> int:
-    """Random bytes and mutated seeds, ``runs`` of them; returns how many
-    were taken (not refused with ParseError)."""
-    rnd = random.Random(seed)
-    corpus = seeds()
-    taken = 0
-    for i in range(runs):
-        if i % 3 == 0:
-            data = rnd.randbytes(rnd.randrange(0, 200))
-        else:
-            raw = bytearray(rnd.choice(corpus))
-            for _ in range(rnd.randrange(1, 6)):
-                if raw and rnd.random() < 0.8:
-                    raw[rnd.randrange(len(raw))] = rnd.randrange(256)
-                else:
-                    raw[rnd.randrange(len(raw) + 1):0] = rnd.randbytes(rnd.randrange(1, 9))
-            data = bytes(raw[:rnd.randrange(len(raw) + 1)] if rnd.random() < 0.2 else raw)
-        try:
-            taken += run_one(target, data)
-        except Exception:
-            sys.stderr.write(f"input {i} ({data.hex()}) raised:\n")
-            raise
-    return taken
-
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 2
-    if argv[0] == "--list":
-        print("\n".join(TARGETS))
-        return 0
-    name = argv[0]
-    if name not in TARGETS:
-        print(f"unknown target {name!r}; targets: {', '.join(TARGETS)}", file=sys.stderr)
-        return 2
-    target = TARGETS[name]
-    if "--plain" in argv or atheris is None:
-        runs = int(argv[argv.index("--plain") + 1]) if "--plain" in argv else 100_000
-        seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
-        t0 = time.monotonic()
-        taken = plain(target, runs, seed)
-        print(f"plain {name}: {runs} inputs ({taken} taken, {runs - taken} refused) "
-              f"in {time.monotonic() - t0:.1f} s, no failure")
-        return 0
-    atheris.Setup([sys.argv[0], *argv[1:]], lambda data: run_one(target, data))
-    atheris.Fuzz()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(driver.main(sys.argv[1:], __doc__, TARGETS, seeds, atheris,
+                             refused=(ParseError,)))
