@@ -55,12 +55,13 @@ async def maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def next_change(watcher: Any, timeout: float = 5.0) -> Change:
+async def next_change(watcher: Any, timeout: float = 5.0) -> Any:
+    """The next item of an async watcher (a kv Change, a QubesDB path), within ``timeout``."""
     return await asyncio.wait_for(watcher.__anext__(), timeout)
 
 
-async def drain(watcher: Any, wait: float = 0.2) -> list[Change]:
-    """Every change that arrives within ``wait`` seconds of the previous one."""
+async def drain(watcher: Any, wait: float = 0.3) -> list[Any]:
+    """Every item that arrives within ``wait`` seconds of the previous one."""
     out = []
     while True:
         try:

@@ -20,6 +20,8 @@ import pytest
 
 from ingot.signatures import Closed, DeviceError, InvalidKey, NoSpace
 
+from .kv_conformance import drain, next_change as next_path  # noqa: F401 (re-exported)
+
 ENTRIES: dict[str, bytes] = {
     "/qubes-ip": b"10.137.0.1",
     "/qubes-gateway": b"10.137.0.254",
@@ -47,23 +49,9 @@ FW = "/qubes-firewall/"
 FW11 = "/qubes-firewall/10.137.0.11/"
 
 
-async def next_path(watcher: Any, timeout: float = 5.0) -> str:
-    return await asyncio.wait_for(watcher.__anext__(), timeout)
-
-
 async def expect(watcher: Any, n: int) -> list[str]:
     """``n`` paths (waiting for each), then any more that come within 0.2 s."""
     return [await next_path(watcher) for _ in range(n)] + await drain(watcher, 0.2)
-
-
-async def drain(watcher: Any, wait: float = 0.3) -> list[str]:
-    """Every path that arrives within ``wait`` seconds of the previous one."""
-    out = []
-    while True:
-        try:
-            out.append(await asyncio.wait_for(watcher.__anext__(), wait))
-        except asyncio.TimeoutError:
-            return out
 
 
 class QubesDBConformance:
