@@ -6,7 +6,11 @@ Qubes firewall agent does, it loads the rules of every client under
 ``/qubes-firewall/`` and watches QubesDB: the empty write to
 ``/qubes-firewall/<ip>`` reloads that client's rules (dom0 writes the
 rules first, then that trigger); ``/ingot/clients/<ip>`` entries (and the
-``clients`` key) attach clients to interfaces; a removed entry detaches.
+``clients`` key) attach clients to interfaces; a removed entry detaches. A
+client with an IPv6 address too (``/qubes-firewall/<ipv6>/`` rules, as dom0
+writes them per address family) is attached once per address, both entries
+naming the same interface. IPv6 is on when QubesDB has ``/qubes-ip6`` and
+``/qubes-netvm-gateway6`` (see :func:`.control.setup_from`).
 A rule set that does not parse denies that client everything, is logged
 as one line with the reason and written to ``/qubes-iptables-error``; the
 others keep working. ``dsthost`` names are resolved through the upstream
@@ -66,7 +70,8 @@ class Firewall:
                           gateway=self.setup.uplink_gateway,
                           client_gateway=self.setup.client_gateway,
                           dns=",".join(f"{v}->{u}" for v, u in zip(self.setup.virtual_dns,
-                                                                    self.setup.upstream_dns)))
+                                                                    self.setup.upstream_dns)),
+                          **self._ipv6_fields())
             await self._sync_clients()
             for ip in await self._targets():
                 await self._load_rules(ip)
@@ -101,10 +106,19 @@ class Firewall:
                 await self._load_rules(target)
             elif path.startswith(CLIENTS_PREFIX):
                 await self._sync_clients()
-            elif path == "/connected-ips":
-                connected = (await self.qdb.read("/connected-ips") or b"").decode(
+            elif path in ("/connected-ips", "/connected-ips6"):
+                connected = (await self.qdb.read(path) or b"").decode(
                     "ascii", "replace").split()
-                self.log.info("connected clients", ips=",".join(connected) or "none")
+                self.log.info("connected clients", **{path[len("/connected-"):]:
+                                                      ",".join(connected) or "none"})
+
+    def _ipv6_fields(self) -> dict[str, str]:
+        """The IPv6 addresses for the start line (``ipv6=off`` without them)."""
+        s = self.setup
+        if not (s.uplink_ip6 and s.client_gateway6):
+            return {"ipv6": "off"}
+        return {"uplink_ip6": s.uplink_ip6, "gateway6": s.uplink_gateway6 or "none",
+                "client_gateway6": s.client_gateway6}
 
     async def _sync_clients(self) -> None:
         entries = await self.qdb.multiread(CLIENTS_PREFIX)

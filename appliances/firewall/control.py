@@ -4,6 +4,14 @@
   ``/qubes-gateway``, ``/qubes-netmask``, ``/qubes-netvm-gateway``, the
   virtual and upstream DNS addresses) into a :class:`FilterSetup`; a
   missing or malformed entry is a :class:`ConfigError` naming the path.
+  IPv6, as dom0 writes it when the ``ipv6`` feature is on
+  (``qubes/vm/qubesvm.py``, ``create_qdb_entries``): ``/qubes-ip6`` (the
+  firewall's own address, ``fd09:24ef:4179::a89:<qid>`` by default),
+  ``/qubes-gateway6`` (its upstream's address), ``/qubes-netvm-gateway6``
+  (what its clients use as gateway: in Qubes the firewall's own ``ip6``
+  again); all optional, and IPv6 stays off without ``/qubes-ip6`` and
+  ``/qubes-netvm-gateway6``. Qubes writes no IPv6 netmask here (clients get
+  a /128 and an on-link route to the gateway).
 * :func:`clients_from` merges the static ``clients`` key with the
   ``/ingot/clients/<ip>`` entries (value: the interface the client is
   behind) into ``{client ip: ifname}``. On Qubes the interface of a client

@@ -1,4 +1,4 @@
-"""The Ethernet and ARP side of a Qubes firewall VM, sans-I/O.
+"""The Ethernet, ARP and IPv6 neighbour discovery side of a Qubes firewall VM, sans-I/O.
 
 The engine (:mod:`.engine`) sees IP packets and interface names: ``"uplink"``
 or a client's IP address. This module turns the frames the interfaces carry
@@ -53,9 +53,42 @@ Uplink side (the firewall is ``uplink_ip`` with the uplink device's MAC):
    Packets wait in the cache while an address is resolved (at most
    ``queue_per_ip`` per address; beyond that the oldest is dropped and
    counted: ``arp.queue_full``); after three unanswered requests they are
-   dropped (``l2.uplink_unreachable``). IPv6 has no neighbour discovery here
-   yet: IPv6 packets to upstream are dropped (``l2.ipv6_uplink``).
+   dropped (``l2.uplink_unreachable``).
 6. IP frames must be addressed to the uplink MAC, as on the client side.
+
+IPv6 (on when the setup has ``uplink_ip6`` and ``client_gateway6``, as in the
+engine; without them IPv6 frames go to the engine, which drops them, and an
+IPv6 packet to upstream is ``l2.ipv6_uplink``). Neighbour discovery (RFC
+4861, :mod:`~ingot.plugins.netstack.ndp`) takes the place of ARP; ND
+messages (ICMPv6 133-137 right after the fixed header) never reach the
+engine, and one that fails RFC 4861's validity checks (hop limit 255,
+checksum, code 0, lengths, options) is dropped and counted
+(``l2.nd_malformed``):
+
+7. A client's IPv6 address is a client of its own (:meth:`L2.attach` with an
+   IPv6 address): by default behind a device of its own, named by that
+   address, which then ignores IPv4 and ARP (``l2.other_family``) while the
+   IPv4 address's device ignores IPv6 (``l2.ipv6_no_client``); or, with
+   ``iface=``, sharing the IPv4 address's device, IPv6 frames on it being
+   this client's. Its MAC is learnt as for IPv4, from IPv6 frames; unknown,
+   packets wait while solicitations from ``client_gateway6`` ask for it.
+8. Solicitations from the client (from its address, a link-local one, or
+   ``::`` for duplicate address detection; another source is
+   ``l2.nd_spoofed``) for ``client_gateway6`` or the firewall's EUI-64
+   link-local address on that interface are answered (Router, Solicited,
+   Override flags; a DAD probe of ours is answered to all-nodes); for
+   anything else, the client's own address included, nothing is said. A
+   router solicitation is counted and left unanswered (Qubes configures
+   clients statically: no router advertisements); an RA or redirect from a
+   client is dropped.
+9. Upstream, every IPv6 packet goes to ``uplink_gateway6``'s MAC (Qubes gives
+   the firewall a /128 and the gateway as an on-link route), resolved by
+   :class:`~ingot.plugins.netstack.ndp.NeighborCache` with the same queue,
+   retries and expiry as ARP (counters ``nd.*``) and refreshed by a unicast
+   solicitation a few seconds before its entry runs out. Solicitations for
+   ``uplink_ip6`` (or the uplink's link-local address) are answered; at
+   start an unsolicited advertisement announces ``uplink_ip6`` and a
+   solicitation asks for the gateway. Router advertisements change nothing.
 
 Both sides: a frame that does not parse (``l2.malformed``, ``l2.arp_malformed``),
 an IP packet whose version or lengths are wrong (``l2.ip_malformed``), a
@@ -64,9 +97,9 @@ sent from the interface's own MAC (``l2.own_frame``) is dropped and
 counted; nothing raises on bad input. IP packets are cut at their total
 length (Ethernet padding removed). Counters are shared with the caller
 (:class:`~ingot.plugins.netstack.counters.Counters`, names ``l2.*`` and
-the cache's ``arp.*``).
+the caches' ``arp.*`` and ``nd.*``).
 
-Call :meth:`L2.tick` at :meth:`L2.next_deadline` (ARP retries and expiry);
+Call :meth:`L2.tick` at :meth:`L2.next_deadline` (ARP and ND retries and expiry);
 :attr:`L2.deadline_changed` tells when to look at the deadline again.
 """
 
@@ -77,9 +110,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ingot.plugins.netstack import arp, ethernet
+from ingot.plugins.netstack import arp, ethernet, icmpv6, ndp
 from ingot.plugins.netstack import ipv4 as ipv4_mod
+from ingot.plugins.netstack import ipv6 as ipv6_mod
 from ingot.plugins.netstack.arp import ArpCache
+from ingot.plugins.netstack.ndp import NeighborCache
 from ingot.plugins.netstack.counters import Counters
 from ingot.plugins.netstack.errors import ParseError
 from ingot.signatures import FilterSetup
@@ -140,12 +175,15 @@ def _frame(dst: bytes, src: bytes, etype: bytes, packet: bytes) -> bytes:
 
 class _Client:
     __slots__ = ("name", "ip", "mac", "peer", "header4", "header6", "queue", "tries",
-                 "next_ns")
+                 "next_ns", "iface", "v6", "ll")
 
-    def __init__(self, name: str, ip: bytes, mac: bytes) -> None:
-        self.name = name
+    def __init__(self, name: str, ip: bytes, mac: bytes, iface: str | None = None) -> None:
+        self.name = name                 # the engine's name: the client's address
+        self.iface = iface or name       # the interface its frames come and go on
         self.ip = ip
+        self.v6 = len(ip) == 16
         self.mac = mac                   # the firewall's MAC on this interface
+        self.ll = ndp.link_local(mac)    # the firewall's link-local address there
         self.peer: bytes | None = None   # the client's MAC, once learnt
         self.header4 = b""
         self.header6 = b""
@@ -188,6 +226,18 @@ class L2:
                               retry_ns=retry_ns, tries=tries, queue_per_ip=queue_per_ip,
                               counters=self.counters)
         self._clients: dict[str, _Client] = {}
+        # IPv6: on with an uplink address and a client gateway, as in the engine
+        self.ipv6 = bool(setup.uplink_ip6 and setup.client_gateway6)
+        self.uplink_ip6 = ipv6_mod.addr(setup.uplink_ip6) if self.ipv6 else b""
+        self.client_gateway6 = ipv6_mod.addr(setup.client_gateway6) if self.ipv6 else b""
+        self.gateway6 = (ipv6_mod.addr(setup.uplink_gateway6)
+                         if self.ipv6 and setup.uplink_gateway6 else None)
+        self.cache6 = NeighborCache(uplink_mac, [self.uplink_ip6, ndp.link_local(uplink_mac)],
+                                    reachable_ns=reachable_ns, retry_ns=retry_ns, tries=tries,
+                                    queue_per_ip=queue_per_ip, counters=self.counters)
+        self._clients6: dict[str, _Client] = {}   # by the client's IPv6 address
+        self._by_iface6: dict[str, _Client] = {}  # by the interface its frames come on
+        self._gw6_probe_ns = 0
         # the gateway's MAC and when it was last confirmed by ARP (fast path)
         self._gw_mac: bytes | None = None
         self._gw_header4 = b""
@@ -198,16 +248,34 @@ class L2:
 
     # -- clients ---------------------------------------------------------------
 
-    def attach(self, client_ip: str, mac: bytes) -> None:
+    def attach(self, client_ip: str, mac: bytes, *, iface: str | None = None) -> None:
         """Client ``client_ip`` is behind an interface where the firewall has ``mac``.
 
         Re-attaching replaces the client (its learnt MAC and queue are forgotten).
+        An IPv6 address (the setup must have IPv6, else ``ValueError``) is a
+        client of its own for the engine; ``iface`` names the interface its
+        frames come in on and go out of (:class:`Transmit`, ``input``): by
+        default ``client_ip`` itself (a device of its own, which then ignores
+        IPv4 and ARP), or the IPv4 address of the same VM when both share one
+        device (IPv6 frames on it are then this client's).
         """
-        self._clients[client_ip] = _Client(client_ip, ipv4_mod.addr(client_ip), mac)
+        if ":" not in client_ip:
+            self._clients[client_ip] = _Client(client_ip, ipv4_mod.addr(client_ip), mac)
+            return
+        if not self.ipv6:
+            raise ValueError(f"IPv6 client {client_ip}: the setup has no IPv6 addresses")
+        self.detach(client_ip)
+        client = _Client(client_ip, ipv6_mod.addr(client_ip), mac, iface)
+        self._clients6[client_ip] = client
+        self._by_iface6[client.iface] = client
 
     def detach(self, client_ip: str) -> list[Event]:
         """Forget a client; packets waiting for its MAC are dropped."""
         client = self._clients.pop(client_ip, None)
+        if client is None:
+            client = self._clients6.pop(client_ip, None)
+            if client is not None and self._by_iface6.get(client.iface) is client:
+                del self._by_iface6[client.iface]
         if client is None or not client.queue:
             return []
         self.counters.incr("l2.client_detached_queued", len(client.queue))
@@ -215,28 +283,44 @@ class L2:
 
     def client_mac(self, client_ip: str) -> bytes | None:
         """The MAC learnt for a client (None: not yet, or no such client)."""
-        client = self._clients.get(client_ip)
+        client = self._clients.get(client_ip) or self._clients6.get(client_ip)
         return client.peer if client is not None else None
 
     @property
     def clients(self) -> tuple[str, ...]:
-        return tuple(self._clients)
+        return (*self._clients, *self._clients6)
 
     # -- start, timers -----------------------------------------------------------
 
     def start(self, now_ns: int) -> list[Event]:
-        """Announce ``uplink_ip`` and ask for the gateway."""
+        """Announce ``uplink_ip`` (and ``uplink_ip6``) and ask for the gateway(s)."""
         self._gw_probe_ns = now_ns + self.retry_ns
         self.counters.incr("arp.request_sent")
         self.deadline_changed = True
-        return [Transmit(UPLINK, self.cache.gratuitous(self.uplink_ip)),
-                Transmit(UPLINK, arp.request_frame(self.uplink_mac, self.uplink_ip,
-                                                   self.gateway))]
+        out = [Transmit(UPLINK, self.cache.gratuitous(self.uplink_ip)),
+               Transmit(UPLINK, arp.request_frame(self.uplink_mac, self.uplink_ip,
+                                                  self.gateway))]
+        if self.ipv6:
+            out.append(Transmit(UPLINK, ndp.advertisement_frame(
+                self.uplink_mac, self.uplink_ip6, b"", ndp.ALL_NODES)))
+            if self.gateway6 is not None:
+                self._gw6_probe_ns = now_ns + self.retry_ns
+                self.counters.incr("nd.request_sent")
+                out.append(Transmit(UPLINK, ndp.solicitation_frame(
+                    self.uplink_mac, self.uplink_ip6, self.gateway6)))
+        return out
+
+    def _all_clients(self):
+        yield from self._clients.values()
+        yield from self._clients6.values()
 
     def next_deadline(self) -> int | None:
         """When :meth:`tick` has work next (None: nothing waits)."""
         at = self.cache.next_deadline()
-        for client in self._clients.values():
+        at6 = self.cache6.next_deadline()
+        if at6 is not None and (at is None or at6 < at):
+            at = at6
+        for client in self._all_clients():
             if client.next_ns is not None and (at is None or client.next_ns < at):
                 at = client.next_ns
         return at
@@ -244,26 +328,36 @@ class L2:
     def tick(self, now_ns: int) -> list[Event]:
         """ARP retries and expiry, on both sides."""
         out = self._arp_events(self.cache.tick(now_ns))
+        out += self._arp_events(self.cache6.tick(now_ns), _TYPE_IPV6)
         if self._gw_mac is not None and self.cache.lookup(self.gateway, now_ns) is None:
             self._gw_mac = None
         counters = self.counters
-        for client in self._clients.values():
+        for client in self._all_clients():
             if client.next_ns is None or client.next_ns > now_ns:
                 continue
             if client.tries >= self.tries:
                 counters.incr("l2.client_unreachable", len(client.queue))
-                out.extend(Dropped(client.name, "client MAC unknown (no ARP answer)", meta)
-                           for _, meta in client.queue)
+                reason = ("client MAC unknown (no neighbour advertisement)" if client.v6
+                          else "client MAC unknown (no ARP answer)")
+                out.extend(Dropped(client.name, reason, meta) for _, meta in client.queue)
                 client.queue = []
                 client.tries = 0
                 client.next_ns = None
             else:
                 client.tries += 1
                 client.next_ns = now_ns + self.retry_ns
-                counters.incr("l2.client_arp_request")
-                out.append(Transmit(client.name, arp.request_frame(
-                    client.mac, self.client_gateway, client.ip)))
+                out.append(self._ask(client))
         return out
+
+    def _ask(self, client: _Client) -> Transmit:
+        """An ARP request (a neighbour solicitation) for the client's MAC."""
+        if client.v6:
+            self.counters.incr("l2.client_nd_request")
+            return Transmit(client.iface, ndp.solicitation_frame(
+                client.mac, self.client_gateway6, client.ip))
+        self.counters.incr("l2.client_arp_request")
+        return Transmit(client.iface, arp.request_frame(client.mac, self.client_gateway,
+                                                        client.ip))
 
     # -- frames in ------------------------------------------------------------
 
@@ -273,15 +367,18 @@ class L2:
         if len(frame) < _HLEN:
             counters.incr("l2.malformed")
             return [Dropped(iface, "malformed Ethernet frame", meta)]
+        client6 = None
         if iface == UPLINK:
             own = self.uplink_mac
             client = None
         else:
             client = self._clients.get(iface)
-            if client is None:
+            if self._by_iface6:
+                client6 = self._by_iface6.get(iface)
+            if client is None and client6 is None:
                 counters.incr("l2.unknown_interface")
                 return [Dropped(iface, "frame from an interface without client", meta)]
-            own = client.mac
+            own = client.mac if client is not None else client6.mac  # type: ignore[union-attr]
         # the header as ethernet.parse reads it, without the cost of its dataclass on
         # the path every packet takes
         etype = (frame[12] << 8) | frame[13]
@@ -296,10 +393,21 @@ class L2:
             counters.incr("l2.group_source")
             return [Dropped(iface, "frame from a group MAC", meta)]
         if etype == _ETH_IPV4 or etype == _ETH_IPV6:
+            if iface != UPLINK:
+                if etype == _ETH_IPV6 and self.ipv6:
+                    if client6 is None:  # IPv6 is on, but not for this interface's client
+                        counters.incr("l2.ipv6_no_client")
+                        return []
+                    client = client6
+                elif client is None:  # IPv4 on the device of a client's IPv6 address
+                    counters.incr("l2.other_family")
+                    return []
             packet = self._ip_payload(frame, etype)
             if packet is None:
                 counters.incr("l2.ip_malformed")
                 return [Dropped(iface, "malformed IP header", meta)]
+            if etype == _ETH_IPV6 and self.ipv6 and ndp.is_nd(packet):
+                return self._nd_input(now_ns, iface, client, frame, packet, meta)
             out = self._learn(client, src) if client is not None and client.peer != src else None
             dst = frame[:6]
             if dst != own:
@@ -310,11 +418,15 @@ class L2:
                     counters.incr("l2.not_for_us")
                     drop = Dropped(iface, "IP frame for another MAC", meta)
                 return [*out, drop] if out else [drop]
+            name = client.name if client is not None else UPLINK
             if out:
-                out.append(Deliver(iface, packet, meta))
+                out.append(Deliver(name, packet, meta))
                 return out
-            return [Deliver(iface, packet, meta)]
+            return [Deliver(name, packet, meta)]
         if etype == _ETH_ARP:
+            if client is None and iface != UPLINK:
+                counters.incr("l2.other_family")
+                return []
             try:
                 pkt = arp.parse(ethernet.parse(frame).payload)
             except ParseError:
@@ -421,7 +533,7 @@ class L2:
         out: list[Event] = []
         if client.queue:
             for packet, meta in client.queue:
-                out.append(Transmit(client.name, self._client_frame(client, packet), meta))
+                out.append(Transmit(client.iface, self._client_frame(client, packet), meta))
             client.queue = []
         client.tries = 0
         client.next_ns = None
@@ -461,7 +573,8 @@ class L2:
                     self._gw_header4 = mac + self.uplink_mac + _TYPE_IPV4
         return out
 
-    def _arp_events(self, events: list[Any]) -> list[Event]:
+    def _arp_events(self, events: list[Any], etype: bytes = _TYPE_IPV4) -> list[Event]:
+        """The uplink cache's (ARP or neighbour discovery) events as L2's."""
         self.deadline_changed = True
         out: list[Event] = []
         for ev in events:
@@ -469,14 +582,100 @@ class L2:
                 out.append(Transmit(UPLINK, ev.frame))
             elif isinstance(ev, arp.Resolved):
                 for packet, meta in ev.packets:
-                    out.append(Transmit(UPLINK, _frame(ev.mac, self.uplink_mac, _TYPE_IPV4,
+                    out.append(Transmit(UPLINK, _frame(ev.mac, self.uplink_mac, etype,
                                                        packet), meta))
             elif isinstance(ev, arp.Unreachable):
                 self.counters.incr("l2.uplink_unreachable", len(ev.packets))
-                reason = f"no ARP answer from {ipv4_mod.addr_str(ev.ip)}"
+                what = "ARP" if etype == _TYPE_IPV4 else "neighbour advertisement"
+                reason = f"no {what} answer from {ipaddress.ip_address(ev.ip)}"
                 out.extend(Dropped(UPLINK, reason, meta) for _, meta in ev.packets)
             elif isinstance(ev, arp.Dropped):
                 out.append(Dropped(UPLINK, ev.reason, ev.packet[1]))
+        return out
+
+    # -- neighbour discovery ---------------------------------------------------------
+
+    def _nd_input(self, now_ns: int, iface: str, client: _Client | None, frame: bytes,
+                  packet: memoryview, meta: Any) -> list[Event]:
+        """A neighbour discovery message (ICMPv6 133-137) in ``frame``."""
+        counters = self.counters
+        name = client.name if client is not None else UPLINK
+        try:
+            msg = ndp.parse(ipv6_mod.parse(packet))
+        except ParseError:
+            counters.incr("l2.nd_malformed")
+            return [Dropped(name, "malformed neighbour discovery message", meta)]
+        own = client.mac if client is not None else self.uplink_mac
+        dst_mac = frame[:6]
+        if dst_mac != own and not (dst_mac[0] == 0x33 and dst_mac[1] == 0x33):
+            counters.incr("l2.not_for_us")
+            return [Dropped(name, "neighbour discovery for another MAC", meta)]
+        src_mac = bytes(frame[6:12])
+        self.deadline_changed = True
+        if client is None:
+            if msg.type == icmpv6.NEIGHBOR_SOLICITATION or \
+                    msg.type == icmpv6.NEIGHBOR_ADVERTISEMENT:
+                return self._arp_events(self.cache6.input(msg, src_mac, now_ns), _TYPE_IPV6)
+            counters.incr("l2.nd_router_message")  # static addresses: RAs change nothing
+            return []
+        if msg.src != client.ip and msg.src != ndp.UNSPECIFIED and \
+                not ndp.is_link_local(msg.src):
+            counters.incr("l2.nd_spoofed")
+            return [Dropped(name, "neighbour discovery from an address that is not the "
+                                  "client's", meta)]
+        out = self._learn(client, src_mac) if client.peer != src_mac else []
+        if msg.type == icmpv6.NEIGHBOR_SOLICITATION:
+            target = msg.target
+            if target == self.client_gateway6 or target == client.ll:
+                counters.incr("l2.nd_answered")
+                to = msg.src if msg.src != ndp.UNSPECIFIED else ndp.ALL_NODES
+                out.append(Transmit(client.iface, ndp.advertisement_frame(
+                    client.mac, target, msg.lladdr or src_mac, to, router=True)))
+            elif target == client.ip:
+                counters.incr("l2.nd_own_address")  # duplicate address detection: not ours
+            else:
+                counters.incr("l2.nd_not_ours")
+        elif msg.type == icmpv6.NEIGHBOR_ADVERTISEMENT:
+            counters.incr("l2.nd_advert_in")
+        elif msg.type == icmpv6.ROUTER_SOLICITATION:
+            counters.incr("l2.nd_router_solicitation")  # Qubes configures clients statically
+        else:
+            counters.incr("l2.nd_router_message")
+            out.append(Dropped(name, "router advertisement or redirect from a client", meta))
+        return out
+
+    def _output6(self, now_ns: int, packet: bytes | bytearray | memoryview, meta: Any,
+                 frame: bytearray | None) -> list[Event]:
+        """An IPv6 packet to upstream: to the gateway's MAC, resolved by solicitations."""
+        counters = self.counters
+        if not self.ipv6 or len(packet) < 40:
+            counters.incr("l2.ipv6_uplink" if not self.ipv6 else "l2.bad_output")
+            return [Dropped(UPLINK, "no IPv6 on the uplink" if not self.ipv6
+                            else "not an IP packet", meta)]
+        gw = self.gateway6
+        if gw is None:
+            counters.incr("l2.no_gateway6")
+            return [Dropped(UPLINK, "no IPv6 gateway (/qubes-gateway6)", meta)]
+        cache = self.cache6
+        mac = cache.lookup(gw, now_ns)
+        if mac is None:
+            # queued while the gateway is resolved: a copy, the frame's buffer may be reused
+            return self._arp_events(cache.resolve(gw, (bytes(packet), meta), now_ns,
+                                                  self.uplink_ip6), _TYPE_IPV6)
+        if frame is not None and len(packet) >= _MIN_PAYLOAD:
+            frame[:_HLEN] = mac + self.uplink_mac + _TYPE_IPV6
+            out: list[Event] = [Transmit(UPLINK, frame, meta)]
+        else:
+            out = [Transmit(UPLINK, _frame(mac, self.uplink_mac, _TYPE_IPV6, packet), meta)]
+        expires = cache.expires(gw)
+        if expires is not None and expires - now_ns < self.refresh_ns and \
+                now_ns >= self._gw6_probe_ns:
+            # a unicast probe before the entry runs out, as for the IPv4 gateway
+            self._gw6_probe_ns = now_ns + self.retry_ns
+            counters.incr("nd.request_sent")
+            counters.incr("l2.gateway6_refresh")
+            out.append(Transmit(UPLINK, ndp.solicitation_frame(
+                self.uplink_mac, self.uplink_ip6, gw, dst=gw, dst_mac=mac)))
         return out
 
     # -- packets out --------------------------------------------------------------
@@ -495,10 +694,11 @@ class L2:
             return [Dropped(egress, "empty packet", meta)]
         version = packet[0] >> 4
         if egress == UPLINK:
+            if version == 6:
+                return self._output6(now_ns, packet, meta, frame)
             if version != 4 or len(packet) < ipv4_mod.HEADER_LEN:
-                self.counters.incr("l2.ipv6_uplink" if version == 6 else "l2.bad_output")
-                return [Dropped(UPLINK, "no IPv6 neighbour discovery on the uplink"
-                                if version == 6 else "not an IP packet", meta)]
+                self.counters.incr("l2.bad_output")
+                return [Dropped(UPLINK, "not an IP packet", meta)]
             dst = bytes(packet[16:20])  # packet may be a view into the frame: keys must hash
             dst_int = int.from_bytes(dst, "big")
             if dst_int & self._mask == self._net and dst != self.gateway:
@@ -532,7 +732,7 @@ class L2:
                     return [Transmit(UPLINK, frame, meta)]
                 self._gw_mac = None
             return self._arp_events(self.cache.resolve(self.gateway, (packet, meta), now_ns))
-        client = self._clients.get(egress)
+        client = self._clients.get(egress) or self._clients6.get(egress)
         if client is None:
             self.counters.incr("l2.unknown_egress")
             return [Dropped(egress, "no such client", meta)]
@@ -542,8 +742,8 @@ class L2:
         if client.peer is not None:
             if frame is not None and len(packet) >= _MIN_PAYLOAD:
                 frame[:_HLEN] = client.header4 if version == 4 else client.header6
-                return [Transmit(egress, frame, meta)]
-            return [Transmit(egress, self._client_frame(client, packet), meta)]
+                return [Transmit(client.iface, frame, meta)]
+            return [Transmit(client.iface, self._client_frame(client, packet), meta)]
         client.queue.append((packet, meta))
         self.deadline_changed = True
         out: list[Event] = []
@@ -554,9 +754,7 @@ class L2:
         if client.next_ns is None:
             client.tries = 1
             client.next_ns = now_ns + self.retry_ns
-            self.counters.incr("l2.client_arp_request")
-            out.append(Transmit(egress, arp.request_frame(client.mac, self.client_gateway,
-                                                          client.ip)))
+            out.append(self._ask(client))
         return out
 
     @staticmethod

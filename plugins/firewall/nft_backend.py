@@ -23,7 +23,7 @@ firewall VM is configured:
   (``drop.spoofed``, ``drop.rule``...: :data:`~ingot.plugins.firewall.nft.COUNTERS`),
   plus the number of tracked connections (NAT entries) of the namespace.
 * :meth:`NftFilter.close` deletes the table, undoes the routes and addresses
-  and puts IPv4 forwarding back as it was.
+  and puts IPv4 (and IPv6) forwarding back as it was.
 
 Changes are serialised by a lock: ``start``/``attach`` run ``nft`` in a worker
 thread (``asyncio.to_thread``) so the loop keeps going; ``set_rules`` and
@@ -38,9 +38,21 @@ Keys (on a device named ``packet_filter``: ``--packet-filter-uplink-ifname``):
     the nftables table (``inet`` family) this backend owns (default
     ``ingot-fw``); it is replaced whole on every change.
 
+IPv6: when the setup has ``uplink_ip6`` and ``client_gateway6`` (Qubes'
+``/qubes-ip6`` and ``/qubes-netvm-gateway6``), :meth:`NftFilter.start` turns
+on IPv6 forwarding too and a client may be attached by its IPv6 address as
+well, on the same interface as its IPv4 one: the interface gets
+``client_gateway6/128`` (no duplicate address detection; the kernel then
+answers the client's neighbour solicitations for it) and a ``/128`` route to
+the client, and the table filters it by its own chain (``dst6`` rules,
+ICMPv6 admin-prohibited for drops), masquerades it to ``uplink_ip6`` and lets
+neighbour discovery through. The firewall's own uplink address and default
+route are the VM's (Qubes' ``setup-ip`` sets them), as for IPv4. Without
+those setup fields IPv6 from clients is dropped and an IPv6 client is
+refused (``Unsupported``).
+
 Needs the ``nft`` and ``ip`` commands (nftables, iproute2) and root (or
-CAP_NET_ADMIN) in the network namespace it configures. IPv4 only: IPv6 from
-clients is dropped.
+CAP_NET_ADMIN) in the network namespace it configures.
 """
 
 from __future__ import annotations
@@ -63,6 +75,7 @@ from .nft import (
     check_ifname,
     check_ipv4,
     check_table,
+    has_ipv6,
     compile_ruleset,
     delete_script,
     rules_problem,
@@ -73,6 +86,7 @@ TIMEOUT_S = 10.0
 """How long one ``nft``/``ip``/``conntrack`` command may take."""
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+IP6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
 CONNTRACK_COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"
 
 
@@ -140,6 +154,7 @@ class NftFilter:
         self._clients: dict[str, str] = {}       # client ip -> interface
         self._rules: dict[str, ClientRules] = {}
         self._forward_before: str | None = None
+        self._forward6_before: str | None = None
         self._closed = False
         self._final: dict[str, int] = {}
 
@@ -212,9 +227,10 @@ class NftFilter:
                                  "connections of attached/detached clients are left to time "
                                  "out", client=client_ip)
             return
+        family = "ipv6" if ":" in client_ip else "ipv4"
         for flag in ("-s", "-d"):
             # exit status 1 with "0 flow entries have been deleted" is normal
-            _run([tool, "-D", "-f", "ipv4", flag, client_ip])
+            _run([tool, "-D", "-f", family, flag, client_ip])
 
     def _client_ip(self, client_ip: object) -> str:
         try:
@@ -222,9 +238,9 @@ class NftFilter:
         except ValueError:
             raise DeviceError(f"packet_filter/nftables: {client_ip!r} is not an IP "
                               "address") from None
-        if addr.version != 4:
-            raise Unsupported(f"packet_filter/nftables: IPv6 client {addr} (this backend "
-                              "filters IPv4 only and drops IPv6)")
+        if addr.version != 4 and not (self._setup is not None and has_ipv6(self._setup)):
+            raise Unsupported(f"IPv6 client {addr} (the setup has no IPv6 addresses: IPv6 "
+                              "is dropped)", "packet_filter/nftables")
         return str(addr)
 
     # ----------------------------------------------------------------- contract
@@ -254,6 +270,13 @@ class NftFilter:
         except OSError as exc:
             raise DeviceError(f"packet_filter/nftables: cannot enable IPv4 forwarding "
                               f"({IP_FORWARD}): {exc.strerror or exc}") from None
+        if has_ipv6(setup):
+            try:
+                self._forward6_before = self._sysctl(IP6_FORWARD, "1")
+            except OSError as exc:
+                self._restore_forwarding()
+                raise DeviceError(f"packet_filter/nftables: cannot enable IPv6 forwarding "
+                                  f"({IP6_FORWARD}): {exc.strerror or exc}") from None
         self._setup = setup
         try:
             await asyncio.to_thread(self._apply)
@@ -281,7 +304,8 @@ class NftFilter:
         if ifname == self.uplink:
             raise DeviceError(f"packet_filter/nftables: {ifname} is the uplink interface")
         for other, other_if in self._clients.items():
-            if other_if == ifname and other != ip:
+            # one IPv4 and one IPv6 address (the same VM's) per interface
+            if other_if == ifname and other != ip and (":" in other) == (":" in ip):
                 raise DeviceError(f"packet_filter/nftables: interface {ifname} already "
                                   f"serves client {other}")
         if not _interface_exists(ifname):
@@ -308,6 +332,9 @@ class NftFilter:
 
     def _route(self, ip: str, ifname: str) -> None:
         assert self._setup is not None
+        if ":" in ip:
+            self._route6(ip, ifname)
+            return
         gateway = self._setup.client_gateway
         self._ip_cmd("link", "set", "dev", ifname, "up")
         if gateway:
@@ -319,9 +346,33 @@ class NftFilter:
                               f"{exc.strerror or exc}") from None
         self._ip_cmd("route", "replace", f"{ip}/32", "dev", ifname)
 
+    def _route6(self, ip: str, ifname: str) -> None:
+        """The IPv6 side of a client's link: the gateway6 as a /128 on the
+        interface (the kernel answers neighbour solicitations for it), a /128
+        route to the client."""
+        assert self._setup is not None
+        conf = f"/proc/sys/net/ipv6/conf/{ifname}/"
+        try:
+            self._sysctl(conf + "disable_ipv6", "0")
+            self._sysctl(conf + "accept_dad", "0")
+        except OSError as exc:
+            raise DeviceError(f"packet_filter/nftables: IPv6 on {ifname}: "
+                              f"{exc.strerror or exc}") from None
+        self._ip_cmd("link", "set", "dev", ifname, "up")
+        self._ip_cmd("-6", "addr", "replace", f"{self._setup.client_gateway6}/128", "dev",
+                     ifname, "nodad")
+        self._ip_cmd("-6", "route", "replace", f"{ip}/128", "dev", ifname)
+
     def _unroute(self, ip: str, ifname: str) -> None:
         """Undo :meth:`_route`; the interface may be gone already (never raises)."""
         if not _interface_exists(ifname):
+            return
+        if ":" in ip:
+            self._ip_cmd("-6", "route", "del", f"{ip}/128", "dev", ifname, check=False)
+            gateway6 = self._setup.client_gateway6 if self._setup else ""
+            if gateway6:
+                self._ip_cmd("-6", "addr", "del", f"{gateway6}/128", "dev", ifname,
+                             check=False)
             return
         self._ip_cmd("route", "del", f"{ip}/32", "dev", ifname, check=False)
         gateway = self._setup.client_gateway if self._setup else ""
@@ -401,12 +452,14 @@ class NftFilter:
         return out
 
     def _restore_forwarding(self) -> None:
-        if self._forward_before is not None:
-            try:
-                self._sysctl(IP_FORWARD, self._forward_before)
-            except OSError:
-                pass
-            self._forward_before = None
+        for path, attr in ((IP_FORWARD, "_forward_before"), (IP6_FORWARD, "_forward6_before")):
+            before = getattr(self, attr)
+            if before is not None:
+                try:
+                    self._sysctl(path, before)
+                except OSError:
+                    pass
+                setattr(self, attr, None)
 
     def close(self) -> None:
         """Delete the table, undo routes and addresses, restore forwarding. Never raises."""

@@ -1,6 +1,6 @@
 """Ingot's own packet library: sans-I/O parsing and building of Ethernet,
-ARP, IPv4, ICMP, UDP, TCP headers, IPv6 and ICMPv6, with the ARP cache and
-IPv4 reassembly as state machines.
+ARP, IPv4, ICMP, UDP, TCP headers, IPv6, ICMPv6 and neighbour discovery, with the
+ARP and neighbour caches and IPv4 reassembly as state machines.
 
 Nothing here does I/O: no socket, clock, sleep or randomness. Time is an
 argument (``now_ns``, monotonic nanoseconds); state machines return what to
@@ -22,6 +22,8 @@ module          what it holds
 ``tcp``         segment headers and options (no state machine)
 ``ipv6``        fixed header, extension header chain walk
 ``icmpv6``      ICMPv6 type/code, echo
+``ndp``         neighbour discovery (RFC 4861): NS/NA checks and frames,
+                :class:`NeighborCache` (ARP's cache for IPv6)
 ==============  ==========================================================
 
 Parsers take any bytes-like object and raise only :class:`errors.ParseError`

@@ -167,6 +167,10 @@ class ArpCache:
     rules. Queued packets are opaque: the cache hands them back as they were
     given."""
 
+    PREFIX = "arp."
+    """The prefix of this cache's counter names."""
+    QUEUE_FULL = "ARP queue full"
+
     def __init__(self, mac: bytes, addresses: Iterable[bytes] = (), *,
                  reachable_ns: int = 60 * _SECOND, retry_ns: int = _SECOND, tries: int = 3,
                  queue_per_ip: int = 16, max_pending: int = 256, max_entries: int = 1024,
@@ -232,6 +236,10 @@ class ArpCache:
             return ethernet.BROADCAST
         if ip[0] & 0xF0 == 0xE0:
             return ethernet.ipv4_multicast_mac(ip)
+        return self._known(ip, now_ns)
+
+    def _known(self, ip: bytes, now_ns: int) -> bytes | None:
+        """The static or live learnt MAC of ``ip`` (an expired entry is forgotten)."""
         mac = self._static.get(ip)
         if mac is not None:
             return mac
@@ -241,6 +249,11 @@ class ArpCache:
                 return entry[0]
             del self._entries[ip]
         return None
+
+    def expires(self, ip: bytes) -> int | None:
+        """When the learnt entry of ``ip`` expires (None: not learnt, or static)."""
+        entry = self._entries.get(ip)
+        return None if entry is None else entry[1]
 
     def resolve(self, ip: bytes, packet: Any, now_ns: int,
                 src: bytes | None = None) -> list[ArpEvent]:
@@ -254,18 +267,22 @@ class ArpCache:
         if pend is not None:
             pend.packets.append(packet)
             if len(pend.packets) > self.queue_per_ip:
-                self.counters.incr("arp.queue_full")
-                return [Dropped(ip, pend.packets.pop(0), "ARP queue full")]
+                self.counters.incr(self.PREFIX + "queue_full")
+                return [Dropped(ip, pend.packets.pop(0), self.QUEUE_FULL)]
             return []
         if len(self._pending) >= self.max_pending:
-            self.counters.incr("arp.too_many_pending")
+            self.counters.incr(self.PREFIX + "too_many_pending")
             return [Dropped(ip, packet, "too many addresses being resolved")]
         if src is None:
             src = self._addresses[0] if self._addresses else _ZERO_IP
         pend = self._pending[ip] = _Pending(src, now_ns + self.retry_ns)
         pend.packets.append(packet)
-        self.counters.incr("arp.request_sent")
-        return [SendFrame(request_frame(self.mac, src, ip))]
+        self.counters.incr(self.PREFIX + "request_sent")
+        return [SendFrame(self._request(src, ip))]
+
+    def _request(self, src: bytes, ip: bytes) -> bytes:
+        """The frame that asks for ``ip`` from ``src`` (a subclass's protocol)."""
+        return request_frame(self.mac, src, ip)
 
     def input(self, pkt: ArpPacket, now_ns: int) -> list[ArpEvent]:
         """Take in a received ARP packet: learn, release, answer."""
@@ -300,7 +317,7 @@ class ArpCache:
         self._entries.pop(ip, None)
         if len(self._entries) >= self.max_entries:
             del self._entries[next(iter(self._entries))]
-            self.counters.incr("arp.evicted")
+            self.counters.incr(self.PREFIX + "evicted")
         self._entries[ip] = (mac, now_ns + self.reachable_ns)
         pend = self._pending.pop(ip, None)
         if pend is None:
@@ -321,14 +338,14 @@ class ArpCache:
                 continue
             if pend.tries >= self.tries:
                 del self._pending[ip]
-                self.counters.incr("arp.unreachable")
-                self.counters.incr("arp.unreachable_packets", len(pend.packets))
+                self.counters.incr(self.PREFIX + "unreachable")
+                self.counters.incr(self.PREFIX + "unreachable_packets", len(pend.packets))
                 out.append(Unreachable(ip, tuple(pend.packets)))
             else:
                 pend.tries += 1
                 pend.next_ns = now_ns + self.retry_ns
-                self.counters.incr("arp.request_sent")
-                out.append(SendFrame(request_frame(self.mac, pend.src, ip)))
+                self.counters.incr(self.PREFIX + "request_sent")
+                out.append(SendFrame(self._request(pend.src, ip)))
         return out
 
     def next_deadline(self) -> int | None:

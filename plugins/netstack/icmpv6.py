@@ -6,7 +6,7 @@ source and destination are given (the checksum covers the IPv6
 pseudo-header and is mandatory). Ownership: ``body`` (everything after
 type, code and checksum) is a :class:`memoryview` slice of the parsed
 buffer (see :mod:`.buffers`). Neighbour discovery messages are recognised
-by type only; their bodies are not parsed yet.
+here by type only; :mod:`.ndp` parses and checks them.
 """
 
 from __future__ import annotations

@@ -25,6 +25,13 @@ written definition) implies; and python's outcomes == nftables' outcomes.
 Source ports and ICMP identifiers are never reused in a module run, so no probe
 rides on a flow of an earlier round.
 
+IPv6: each client VM also has an IPv6 address (fd09:24ef:4179::a89:b and ::a89:c,
+attached as clients of their own on the same interfaces, with rule sets of their own,
+``dst6`` rules, as dom0 writes them per address family) and the upstream two
+(fd00:200::1, the IPv6 gateway, and ::5); every round also probes over IPv6
+(:func:`probes6`: TCP, UDP, ICMPv6 echo; refusals are ICMPv6 admin-prohibited,
+type 1 code 1).
+
 The two disagreements this test found (a DNS rule with a port range other than
 53, and non-DNS traffic to a virtual DNS address, both in the nftables backend)
 are fixed; their smallest cases stay at the end of the file.
@@ -48,14 +55,21 @@ import pytest
 
 from ingot.plugins.firewall.rules import Matcher, parse_client_rules
 from ingot.testing import netns as kit
+from tests.integration.probe_snippets import ERROR_QUEUE
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
 C1, C2, GW, FW_UP = "10.137.0.11", "10.137.0.12", "10.137.0.1", "10.200.0.2"
 UP1, UP5 = "10.200.0.1", "10.200.0.5"
 VDNS, UPDNS = ("10.139.1.1", "10.139.1.2"), (UP1, UP5)
+# IPv6: each client VM has a second address (its own client for the firewall, with its own
+# rules, as dom0 writes /qubes-firewall/<ipv6>/), the upstream two on fd00:200::/64
+C1_6, C2_6, GW6 = "fd09:24ef:4179::a89:b", "fd09:24ef:4179::a89:c", "fd09:24ef:4179::a89:1"
+FW_UP6, UP1_6, UP5_6 = "fd00:200::2", "fd00:200::1", "fd00:200::5"
+V6_OF = {C1: C1_6, C2: C2_6}
 SETUP = {"uplink_ip": FW_UP, "uplink_gateway": UP1, "client_gateway": GW,
-         "uplink_prefix": 30, "virtual_dns": list(VDNS), "upstream_dns": list(UPDNS)}
+         "uplink_prefix": 30, "virtual_dns": list(VDNS), "upstream_dns": list(UPDNS),
+         "uplink_ip6": FW_UP6, "uplink_gateway6": UP1_6, "client_gateway6": GW6}
 SEEDS = (1, 2, 3, 4)
 RANDOM_SETS = 50
 PROBE_TIMEOUT = 1.0
@@ -168,17 +182,25 @@ def sniff():
         if len(data) >= ihl + 12 and data[ihl] in (8, 13):
             log("icmp %d %s" % (struct.unpack_from("!I", data, ihl + 8)[0], peer[0]))
 
-loops = [(sniff, ())]
+def sniff6():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    while True:
+        data, peer = s.recvfrom(4096)
+        if len(data) >= 12 and data[0] == 128:
+            log("icmp %d %s" % (struct.unpack_from("!I", data, 8)[0], peer[0]))
+
+loops = [(sniff, ()), (sniff6, ())]
 for addr in addrs:
     for spec in specs:
         kind, _, port = spec.partition(":")
         port = int(port or 53)
         for stream in ((True, False) if kind == "dns" else (kind == "tcp",)):
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
             if stream:
-                s = socket.create_server((addr, port), backlog=128)
+                s = socket.create_server((addr, port), family=family, backlog=128)
                 loops.append((tcp_loop, (s, kind == "dns")))
             else:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s = socket.socket(family, socket.SOCK_DGRAM)
                 s.bind((addr, port))
                 loops.append((udp_loop, (s, kind == "dns")))
 for fn, args in loops:
@@ -187,27 +209,13 @@ print("ready", flush=True)
 threading.Event().wait()
 '''
 
-AGENT = r'''
+AGENT = ERROR_QUEUE + r'''
 import errno, json, os, socket, struct, sys, time
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-me, counter, TIMEOUT = sys.argv[1], [int(sys.argv[2])], float(sys.argv[3])
+me, counter, TIMEOUT, me6 = sys.argv[1], [int(sys.argv[2])], float(sys.argv[3]), sys.argv[4]
 
 def fresh():
     counter[0] += 1
     return counter[0]
-
-def icmp_error(s):
-    s.setblocking(False)  # with a timeout set, Python would first wait for readability
-    try:
-        _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
-    except OSError:
-        return ""
-    for level, kind, data in anc:
-        if level == socket.SOL_IP and kind == IP_RECVERR and len(data) >= 8:
-            _, origin, itype, code = struct.unpack_from("IBBB", data)
-            if origin == 2:  # SO_EE_ORIGIN_ICMP
-                return " icmp %d/%d" % (itype, code)
-    return ""
 
 def failed(s, exc):
     icmp = icmp_error(s)
@@ -215,15 +223,19 @@ def failed(s, exc):
         return "timeout" + icmp
     return "refused " + errno.errorcode.get(exc.errno or 0, type(exc).__name__) + icmp
 
-def sock(kind):
-    s = socket.socket(socket.AF_INET, kind)
-    s.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+def sock(kind, host):
+    if ":" in host:
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+    else:
+        s = socket.socket(socket.AF_INET, kind)
+        s.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
     s.settimeout(TIMEOUT)
-    s.bind((me, fresh()))  # never the port of an earlier probe: no flow is reused
+    s.bind((me6 if ":" in host else me, fresh()))  # never an earlier probe's port
     return s
 
 def tcp(host, port):
-    s = sock(socket.SOCK_STREAM)
+    s = sock(socket.SOCK_STREAM, host)
     try:
         s.connect((host, port))
         data = b""
@@ -239,7 +251,7 @@ def tcp(host, port):
         s.close()
 
 def udp(host, port):
-    s = sock(socket.SOCK_DGRAM)
+    s = sock(socket.SOCK_DGRAM, host)
     try:
         s.connect((host, port))
         s.send(b"probe")
@@ -253,7 +265,7 @@ def dns(host, transport):
     qid = fresh() & 0xFFFF
     query = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + b"\x03www\x07example\x04test\x00"
     query += struct.pack("!HH", 1, 1)
-    s = sock(socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM)
+    s = sock(socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM, host)
     try:
         s.connect((host, 53))
         if transport == "tcp":
@@ -291,15 +303,45 @@ def checksum(data):
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
 
+def answer4(data, addr, host, body, itype):
+    """An ICMP packet read (IP header included) as an outcome, or None: not ours."""
+    ihl = (data[0] & 15) * 4
+    kind, code = data[ihl], data[ihl + 1]
+    if kind == {8: 0, 13: 14}[itype] and addr[0] == host and data[ihl + 4:ihl + 6] == body[4:6]:
+        return "pass"
+    if kind in (3, 11, 12) and len(data) >= ihl + 8 + 28:
+        inner = data[ihl + 8:]
+        iihl = (inner[0] & 15) * 4
+        if socket.inet_ntoa(inner[16:20]) == host and inner[iihl + 4:iihl + 6] == body[4:6]:
+            return "refused icmp %d/%d" % (kind, code)
+    return None
+
+def answer6(data, addr, host, body, itype):
+    """:func:`answer4` for an ICMPv6 message (no IP header on a raw ICMPv6 socket)."""
+    kind, code = data[0], data[1]
+    if kind == 129 and addr[0] == host and data[4:6] == body[4:6]:
+        return "pass"
+    if kind in (1, 3) and len(data) >= 8 + 40 + 8:
+        inner = data[8:]
+        if socket.inet_ntop(socket.AF_INET6, inner[24:40]) == host and \
+                inner[44:46] == body[4:6]:
+            return "refused icmp6 %d/%d" % (kind, code)
+    return None
+
 def icmp(host, itype):
     token = fresh()
     ident = token & 0xFFFF
     # the token leads the payload (echo) or is the originate timestamp (timestamp)
     tail = struct.pack("!I", token) + (b"\0" * 8 if itype == 13 else b"ingot-probe")
     body = struct.pack("!BBHHH", itype, 0, 0, ident, 1) + tail
-    body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
-    answer = {8: 0, 13: 14}[itype]
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    if ":" in host:  # the kernel fills in the ICMPv6 checksum
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        s.bind((me6, 0))
+        answer = answer6
+    else:
+        body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        answer = answer4
     try:
         s.sendto(body, (host, 0))
         deadline = time.monotonic() + TIMEOUT
@@ -312,16 +354,9 @@ def icmp(host, itype):
                 data, addr = s.recvfrom(2000)
             except TimeoutError:
                 return "timeout", token
-            ihl = (data[0] & 15) * 4
-            kind, code = data[ihl], data[ihl + 1]
-            if kind == answer and addr[0] == host and data[ihl + 4:ihl + 6] == body[4:6]:
-                return "pass", token
-            if kind in (3, 11, 12) and len(data) >= ihl + 8 + 28:
-                inner = data[ihl + 8:]
-                iihl = (inner[0] & 15) * 4
-                if socket.inet_ntoa(inner[16:20]) == host and \
-                        inner[iihl + 4:iihl + 6] == body[4:6]:
-                    return "refused icmp %d/%d" % (kind, code), token
+            outcome = answer(data, addr, host, body, itype)
+            if outcome is not None:
+                return outcome, token
     finally:
         s.close()
 
@@ -362,6 +397,26 @@ def probes(me: str, other: str) -> list[tuple[str, str, object]]:
     ]
 
 
+def probes6(me: str, other: str) -> list[tuple[str, str, object]]:
+    """The IPv6 probes of client ``me`` (an IPv6 address): the same servers over
+    IPv6, ICMPv6 echo (type 128), the other client, the client gateway, the
+    uplink address. No DNS: Qubes has no virtual DNS address for IPv6."""
+    return [
+        ("tcp", UP1_6, 80), ("tcp", UP1_6, 443), ("tcp", UP1_6, 81), ("tcp", UP5_6, 8080),
+        ("udp", UP1_6, 5000), ("udp", UP1_6, 5002), ("udp", UP5_6, 5001),
+        ("icmp", UP1_6, 128), ("icmp", UP5_6, 128),
+        ("tcp", other, 7000), ("udp", other, 7001), ("icmp", other, 128),
+        ("tcp", GW6, 22), ("icmp", GW6, 128), ("tcp", FW_UP6, 80),
+    ]
+
+
+def vm_probes(me: str, other: str) -> list[tuple[str, tuple[str, str, object]]]:
+    """Everything client VM ``me`` (its IPv4 address) tries in a round, each probe with
+    the firewall client whose rules judge it: its IPv4 address, or its IPv6 one."""
+    return [(me, p) for p in probes(me, other)] + \
+        [(V6_OF[me], p) for p in probes6(V6_OF[me], V6_OF[other])]
+
+
 def name(probe: tuple[str, str, object]) -> str:
     op, host, arg = probe
     return f"{op} {host} {arg}"
@@ -369,11 +424,28 @@ def name(probe: tuple[str, str, object]) -> str:
 
 ADMIN = "icmp 3/13"   # ICMP administratively prohibited: what a Qubes drop answers
 HOST = "icmp 3/10"    # ICMP host prohibited: Qubes' input chain, the firewall itself
+ADMIN6 = "icmp6 1/1"  # ICMPv6 administratively prohibited: drops and the firewall itself
 
 
 def refused(op: str, icmp: str) -> str:
-    # both codes are EHOSTUNREACH to Linux (icmp_err_convert)
-    return f"refused {icmp}" if op == "icmp" else f"refused EHOSTUNREACH {icmp}"
+    if op == "icmp":
+        return f"refused {icmp}"
+    # both ICMP codes are EHOSTUNREACH to Linux (icmp_err_convert), ICMPv6's EACCES
+    return f"refused {'EACCES' if icmp == ADMIN6 else 'EHOSTUNREACH'} {icmp}"
+
+
+def implied6(probe: tuple[str, str, object], verdict: str, me: str) -> str:
+    """:func:`implied` for an IPv6 probe of client ``me`` (an IPv6 address)."""
+    op, host, arg = probe
+    if host in (GW6, FW_UP6):
+        return "pass" if (op, host) == ("icmp", GW6) else refused(op, ADMIN6)
+    if verdict == "drop":
+        return refused(op, ADMIN6)
+    if (op, arg) == ("tcp", 81):
+        return "refused ECONNREFUSED"
+    if (op, arg) == ("udp", 5002):
+        return "refused ECONNREFUSED icmp6 1/4"  # upstream's port unreachable
+    return f"pass {me if host in (C1_6, C2_6) else FW_UP6}"  # client to client: no NAT
 
 
 def implied(probe: tuple[str, str, object], verdict: str, me: str) -> str:
@@ -381,6 +453,8 @@ def implied(probe: tuple[str, str, object], verdict: str, me: str) -> str:
     rules say ``verdict`` (``accept``/``drop``) for it. Traffic to the firewall
     itself does not depend on the rules."""
     op, host, arg = probe
+    if ":" in host:
+        return implied6(probe, verdict, me)
     if host in (GW, FW_UP) or (host in VDNS and op != "dns"):
         if op == "icmp" and host == GW and arg == 8:
             return "pass"  # the client gateway answers ping
@@ -437,11 +511,13 @@ def random_rule(rng: random.Random, other: str) -> str:
     return " ".join(fields)
 
 
-def random_entries(rng: random.Random, other: str) -> dict[str, str]:
+def random_entries(rng: random.Random, other: str, v6: bool = False) -> dict[str, str]:
+    """A client's QubesDB entries; ``v6``: an IPv6 client's (``other`` is then IPv6)."""
     entries = {"policy": rng.choice(("accept", "drop"))}
-    rules = [random_rule(rng, other) for _ in range(rng.randint(0, 6))]
+    make = random_rule6 if v6 else random_rule
+    rules = [make(rng, other) for _ in range(rng.randint(0, 6))]
     if rng.random() < 0.1:
-        rules.insert(rng.randint(0, len(rules)), rng.choice(MALFORMED))
+        rules.insert(rng.randint(0, len(rules)), rng.choice(MALFORMED6 if v6 else MALFORMED))
     number = 0
     for text in rules:
         number += 1 if rng.random() < 0.85 else 2  # dom0 leaves gaps
@@ -449,9 +525,37 @@ def random_entries(rng: random.Random, other: str) -> dict[str, str]:
     return entries
 
 
+DST6 = ("fd00:200::1/128", "fd00:200::5", "fd00:200::/125", "fd00:200::4/126",
+        "fd00:200::/64", "fd00::/16", "fd00:200::2/127", "fd00:300::/64", "fd00:200::1/127")
+RARE_DST6 = ("fd09:24ef:4179::/48", "::/0", "fd09:24ef:4179::a89:1/128")
+MALFORMED6 = ("action=accept dst4=10.200.0.0/24", "action=accept dst6=fd00::/129",
+              "action=accept dst6=10.200.0.1", "action=accept proto=icmp icmptype=256")
+"""Malformed for an IPv6 client: ``dst4`` is the other family (as in Qubes' agent)."""
+
+
+def random_rule6(rng: random.Random, other: str) -> str:
+    fields = ["action=" + rng.choice(("accept", "drop"))]
+    if rng.random() < 0.5:
+        pool = DST6 + (f"{other}/128",) if rng.random() < 0.85 else RARE_DST6
+        fields.append("dst6=" + rng.choice(pool))
+    proto = rng.choice((None, "tcp", "udp", "icmp"))
+    if proto:
+        fields.append("proto=" + proto)
+    if rng.random() < 0.05:
+        fields.append("specialtarget=dns")  # no virtual DNS for IPv6: matches nothing
+    if proto != "icmp" and rng.random() < 0.5:
+        fields.append("dstports=" + rng.choice(PORTS))
+    if proto == "icmp" and rng.random() < 0.5:
+        fields.append(f"icmptype={rng.choice((128, 129, 1))}")
+    rng.shuffle(fields)
+    return " ".join(fields)
+
+
 def rule_sets(seed: int) -> list[dict[str, dict[str, str]]]:
     rng = random.Random(seed)
-    return [{C1: random_entries(rng, C2), C2: random_entries(rng, C1)}
+    rng6 = random.Random(seed + 1000)  # the IPv4 sets stay those of the seed
+    return [{C1: random_entries(rng, C2), C2: random_entries(rng, C1),
+             C1_6: random_entries(rng6, C2_6, True), C2_6: random_entries(rng6, C1_6, True)}
             for _ in range(RANDOM_SETS)]
 
 
@@ -474,17 +578,38 @@ MIXED_VERDICTS = {
     f"icmp {C1} 8": "accept",
 }
 
+MIXED6 = {"policy": "drop",
+          "0000": f"action=drop dst6={UP5_6}/128",
+          "0001": "action=accept proto=tcp dstports=80-443",
+          "0002": "action=accept dst6=fd00:200::/64 proto=udp dstports=5000-5001",
+          "0003": "action=accept proto=icmp icmptype=128",
+          "0004": "action=accept specialtarget=dns",
+          "0005": f"action=accept dst6={C1_6} proto=udp"}
+"""A rule set for c2's IPv6 address, its verdicts in :data:`MIXED6_VERDICTS`."""
+
+MIXED6_VERDICTS = {
+    f"tcp {UP1_6} 80": "accept", f"tcp {UP1_6} 443": "accept", f"tcp {UP1_6} 81": "accept",
+    f"tcp {UP5_6} 8080": "drop", f"udp {UP1_6} 5000": "accept", f"udp {UP1_6} 5002": "drop",
+    f"udp {UP5_6} 5001": "drop", f"icmp {UP1_6} 128": "accept", f"icmp {UP5_6} 128": "drop",
+    f"tcp {C1_6} 7000": "drop", f"udp {C1_6} 7001": "accept", f"icmp {C1_6} 128": "accept",
+}
+
 HAND_PICKED = [
-    # c1 denied everything by its policy; c2 allowed everything
-    ({C1: {"policy": "drop"}, C2: {"policy": "accept"}}, {C1: "drop", C2: "accept"}),
+    # c1 denied everything by its policy; c2 allowed everything (both families)
+    ({C1: {"policy": "drop"}, C2: {"policy": "accept"},
+      C1_6: {"policy": "drop"}, C2_6: {"policy": "accept"}},
+     {C1: "drop", C2: "accept", C1_6: "drop", C2_6: "accept"}),
     # c1: a rule that does not parse makes it deny-all despite policy accept; c2 mixed
     ({C1: {"policy": "accept", "0000": "action=accept proto=tcp dstports=80-70",
-           "0001": "action=accept"}, C2: MIXED},
-     {C1: "drop", C2: MIXED_VERDICTS}),
+           "0001": "action=accept"}, C2: MIXED,
+      C1_6: {"policy": "accept", "0000": "action=accept dst4=10.200.0.0/24"}, C2_6: MIXED6},
+     {C1: "drop", C2: MIXED_VERDICTS, C1_6: "drop", C2_6: MIXED6_VERDICTS}),
     # the other way round: a first-match accept-all rule before a drop-all one
     ({C1: {"policy": "drop", "0000": "action=accept", "0001": "action=drop"},
-      C2: {"policy": "accept", "0000": "action=drop"}},
-     {C1: "accept", C2: "drop"}),
+      C2: {"policy": "accept", "0000": "action=drop"},
+      C1_6: {"policy": "drop", "0000": "action=accept", "0001": "action=drop"},
+      C2_6: {"policy": "accept", "0000": "action=drop"}},
+     {C1: "accept", C2: "drop", C1_6: "accept", C2_6: "drop"}),
 ]
 
 
@@ -571,13 +696,21 @@ class World:
         c2_if, self.fw_c2 = self.c2.link(self.fw, f"{C2}/32", None)
         self.fw_up, up_if = self.fw.link(self.up, None, f"{UP1}/24")
         self.up.add_address(up_if, f"{UP5}/24")
-        for host, ifname in ((self.c1, c1_if), (self.c2, c2_if)):
+        for addr in (UP1_6, UP5_6):
+            self.up.add_address(up_if, f"{addr}/64")
+        for host, ifname, addr6 in ((self.c1, c1_if, C1_6), (self.c2, c2_if, C2_6)):
             host.add_route(f"{GW}/32", dev=ifname)
             for net in ("10.137.0.0/16", "10.200.0.0/16", "10.139.1.0/24"):
                 host.add_route(net, via=GW)
+            # as Qubes' setup-ip: a /128, the gateway on-link, everything through it
+            host.add_address(ifname, f"{addr6}/128")
+            host.add_route(f"{GW6}/128", dev=ifname)
+            for net in ("fd00:200::/64", "fd09:24ef:4179::/48"):
+                host.add_route(net, via=GW6, dev=ifname)
         for host in (self.c1, self.c2, self.fw, self.up):
             # every refusal must be answered: no ICMP rate limit in the lab's kernels
             host.sysctl("net.ipv4.icmp_ratelimit", 0)
+            host.sysctl("net.ipv6.icmp.ratelimit", 0)
             if ICMP_LIMITS_PER_NETNS:  # else they are the host's: rounds are paced instead
                 host.sysctl("net.ipv4.icmp_msgs_per_sec", 100000)
                 host.sysctl("net.ipv4.icmp_msgs_burst", 10000)
@@ -586,10 +719,13 @@ class World:
         self.sniffed: dict[str, Sniffed] = {}
         self._serve(self.up, [UP1, UP5], "tcp:80", "tcp:443", "tcp:8080", "udp:5000",
                     "udp:5001", "dns")
-        self._serve(self.c1, [C1], "tcp:7000", "udp:7001")
-        self._serve(self.c2, [C2], "tcp:7000", "udp:7001")
+        self._serve(self.up, [UP1_6, UP5_6], "tcp:80", "tcp:443", "tcp:8080", "udp:5000",
+                    "udp:5001")
+        for host, ip in ((self.c1, C1), (self.c2, C2)):
+            self._serve(host, [ip], "tcp:7000", "udp:7001")
+            self._serve(host, [V6_OF[ip]], "tcp:7000", "udp:7001")
         self.agents = {ip: LineProc(host, [sys.executable, tmp / "agent.py", ip, base,
-                                           PROBE_TIMEOUT], tmp / f"agent-{ip}.err")
+                                           PROBE_TIMEOUT, V6_OF[ip]], tmp / f"agent-{ip}.err")
                        for ip, host, base in ((C1, self.c1, 20000), (C2, self.c2, 42000))}
         for agent in self.agents.values():
             assert agent.read() == {"ready": True}
@@ -611,12 +747,18 @@ class World:
         uplink's own subnet.
         """
         self.fw.sysctl("net.ipv4.ip_forward", 0)
+        # IPv6 in fw's kernel only for nftables: with python, neighbour discovery is Ingot's
+        for ifname in (self.fw_c1, self.fw_c2, self.fw_up):
+            self.fw.sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6",
+                           0 if backend == "nftables" else 1)
         if backend == "nftables":  # the kernel answers for the uplink address
             self.fw.add_address(self.fw_up, f"{FW_UP}/{prefix}")
+            self.fw.add_address(self.fw_up, f"{FW_UP6}/64")
             # what a Qubes firewall VM's default route does for these
             for net in ("10.139.1.0/24",) + (("10.200.0.0/16",) if prefix > 24 else ()):
                 self.fw.add_route(net, via=UP1)
-        clients = json.dumps({C1: self.fw_c1, C2: self.fw_c2})
+        clients = json.dumps({C1: self.fw_c1, C2: self.fw_c2, C1_6: self.fw_c1,
+                              C2_6: self.fw_c2})
         setup = json.dumps(dict(SETUP, uplink_prefix=prefix))
         fw = LineProc(self.fw, [sys.executable, self.tmp / "runner.py", backend, self.fw_up,
                                 clients, setup], self.tmp / f"runner-{backend}.err")
@@ -636,7 +778,8 @@ class World:
             reply = fw.ask({"op": "rules", "client": client, "entries": e})
             assert reply["ok"], reply
         if batches is None:
-            batches = {C1: probes(C1, C2), C2: probes(C2, C1)}
+            batches = {C1: [p for _, p in vm_probes(C1, C2)],
+                       C2: [p for _, p in vm_probes(C2, C1)]}
         for ip, batch in batches.items():
             self.agents[ip].send(batch)
         out = {}
@@ -664,7 +807,7 @@ def world(tmp_path_factory):
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
-    lab = kit.Lab()
+    lab = kit.Lab(ipv6=True)
     try:
         w = World(lab, tmp_path_factory.mktemp("fw-diff"))
         try:
@@ -693,7 +836,8 @@ def qubes_verdict(entries: dict[str, str], client: str, probe: tuple[str, str, o
     matcher = Matcher(parse_client_rules(client, entries),
                       [ipaddress.ip_address(a).packed for a in VDNS])
     op, host, arg = probe
-    proto = {"tcp": 6, "udp": 17, "icmp": 1}[str(arg) if op == "dns" else op]
+    icmp = 58 if ":" in host else 1  # proto=icmp is ICMPv6 for an IPv6 client
+    proto = {"tcp": 6, "udp": 17, "icmp": icmp}[str(arg) if op == "dns" else op]
     dport = 53 if op == "dns" else (arg if op != "icmp" else None)
     return matcher.verdict(ipaddress.ip_address(host).packed, proto, dport,
                            arg if op == "icmp" else None)[0]
@@ -711,7 +855,8 @@ def test_both_backends_give_the_same_outcomes_for_the_same_rules(world, seed):
     # the generator's malformed entries really are malformed, the rest parse
     for entries in sets:
         for client, e in entries.items():
-            bad = any(v in MALFORMED for k, v in e.items() if k != "policy")
+            bad = any(v in (MALFORMED6 if ":" in client else MALFORMED)
+                      for k, v in e.items() if k != "policy")
             error = parse_client_rules(client, e).error
             assert (error is not None) == bad, (client, e, error)
     results = {backend: run(world, backend, sets, prefix=prefix)
@@ -720,13 +865,13 @@ def test_both_backends_give_the_same_outcomes_for_the_same_rules(world, seed):
     # the hand-picked rule sets give what their rules say, on both backends
     wrong = []
     for i, (entries, verdicts) in enumerate(HAND_PICKED):
-        for client, other in ((C1, C2), (C2, C1)):
-            v = verdicts[client]
-            for n, probe in enumerate(probes(client, other)):
+        for vm, other in ((C1, C2), (C2, C1)):
+            for n, (client, probe) in enumerate(vm_probes(vm, other)):
+                v = verdicts[client]
                 verdict = v if isinstance(v, str) else v.get(name(probe), "drop")
                 want = implied(probe, verdict, client)
                 for backend, res in results.items():
-                    got = res[i][client][n]
+                    got = res[i][vm][n]
                     if got != want:
                         wrong.append(f"hand-picked set {i} {backend} {client} {name(probe)}: "
                                      f"{got!r}, the rules say {want!r}")
@@ -735,22 +880,22 @@ def test_both_backends_give_the_same_outcomes_for_the_same_rules(world, seed):
     # every rule set gives through both backends what the written definition says
     wrong = []
     for i, entries in enumerate(sets):
-        for client, other in ((C1, C2), (C2, C1)):
-            for n, probe in enumerate(probes(client, other)):
+        for vm, other in ((C1, C2), (C2, C1)):
+            for n, (client, probe) in enumerate(vm_probes(vm, other)):
                 want = implied(probe, qubes_verdict(entries[client], client, probe), client)
                 for backend, res in results.items():
-                    if res[i][client][n] != want:
+                    if res[i][vm][n] != want:
                         wrong.append(f"set {i} {backend} {client} {name(probe)}: "
-                                     f"{res[i][client][n]!r}, Matcher says {want!r}; rules "
+                                     f"{res[i][vm][n]!r}, Matcher says {want!r}; rules "
                                      f"{json.dumps(entries[client])}")
     assert not wrong, f"{len(wrong)} outcomes are not the rules':\n" + "\n".join(wrong)
 
     # and (said separately, as the point of it) the same outcomes through both backends
     differ = []
     for i, entries in enumerate(sets):
-        for client, other in ((C1, C2), (C2, C1)):
-            py, nf = results["python"][i][client], results["nftables"][i][client]
-            for probe, a, b in zip(probes(client, other), py, nf):
+        for vm, other in ((C1, C2), (C2, C1)):
+            py, nf = results["python"][i][vm], results["nftables"][i][vm]
+            for (client, probe), a, b in zip(vm_probes(vm, other), py, nf):
                 if a != b:
                     differ.append(f"set {i} {client} {name(probe)}: python {a!r}, nftables "
                                   f"{b!r}; rules {json.dumps(entries[client])}")
@@ -760,6 +905,10 @@ def test_both_backends_give_the_same_outcomes_for_the_same_rules(world, seed):
         for r in res:
             for outs in r.values():
                 assert not [o for o in outs if o.startswith(("agent error", "bad", "closed"))]
+    # the IPv6 probes went through the firewall both ways: masqueraded, refused, direct
+    seen = {o for res in results.values() for r in res for outs in r.values() for o in outs}
+    assert {f"pass {FW_UP6}", "refused EACCES icmp6 1/1", "refused icmp6 1/1",
+            f"pass {C1_6}", "refused ECONNREFUSED icmp6 1/4"} <= seen, sorted(seen)
 
 
 # --------------------------------------------------------------------------

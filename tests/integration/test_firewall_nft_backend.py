@@ -656,3 +656,71 @@ print(open("/proc/sys/net/ipv4/ip_forward").read().strip())
         "--packet-filter-uplink-ifname)",
         "0",  # forwarding put back after the refusal
     ]
+
+
+IPV6_STEPS = r'''
+import asyncio, json, subprocess, sys
+from ingot.plugins.firewall.nft_backend import NftFilter
+from ingot.signatures import ClientRules, FilterSetup, Unsupported
+
+def sh(*argv):
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+async def main():
+    out = {}
+    plain = NftFilter(uplink_ifname="eth1", table="v4only")
+    await plain.start(FilterSetup("10.200.0.2", "10.200.0.1", "10.137.0.1"))
+    try:
+        await plain.attach("fd09:24ef:4179::a89:b", "eth0")
+    except Unsupported as exc:
+        out["refused"] = str(exc)
+    plain.close()
+    setup = FilterSetup("10.200.0.2", "10.200.0.1", "10.137.0.1", uplink_ip6="fd00:200::2",
+                        uplink_gateway6="fd00:200::1", client_gateway6="fd09:24ef:4179::a89:1")
+    dev = NftFilter(uplink_ifname="eth1")
+    await dev.start(setup)
+    out["forwarding6"] = read("/proc/sys/net/ipv6/conf/all/forwarding")
+    await dev.attach("10.137.0.11", "eth0")
+    await dev.attach("fd09:24ef:4179::a89:b", "eth0")  # the same VM, the same interface
+    dev.set_rules(ClientRules("fd09:24ef:4179::a89:b", policy="accept"))
+    out["addr"] = sh("ip", "-6", "addr", "show", "dev", "eth0")
+    out["route"] = sh("ip", "-6", "route", "show", "dev", "eth0")
+    out["table"] = sh("nft", "list", "table", "inet", "ingot-fw")
+    try:
+        await dev.attach("fd09:24ef:4179::a89:c", "eth0")
+    except Exception as exc:
+        out["second"] = str(exc)
+    dev.detach("fd09:24ef:4179::a89:b")
+    out["route_after"] = sh("ip", "-6", "route", "show", "dev", "eth0")
+    out["addr_after"] = sh("ip", "-6", "addr", "show", "dev", "eth0")
+    dev.close()
+    out["forwarding6_after"] = read("/proc/sys/net/ipv6/conf/all/forwarding")
+    print(json.dumps(out))
+
+asyncio.run(main())
+'''
+
+
+def test_ipv6_clients_share_their_vms_interface_and_are_undone(tmp_path):
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    with kit.Lab(ipv6=True) as lab:
+        fw, client, up = lab.host(), lab.host(), lab.host()
+        fw.link(client, None, None)
+        fw.link(up, None, None)
+        fw.sysctl("net.ipv6.conf.all.forwarding", 0)
+        run = fw.run(sys.executable, "-c", IPV6_STEPS, timeout=60)
+        out = json.loads(run.stdout.strip().splitlines()[-1])  # after the log lines
+    assert "the setup has no IPv6 addresses" in out["refused"]
+    assert out["forwarding6"] == "1" and out["forwarding6_after"] == "0"
+    assert "inet6 fd09:24ef:4179::a89:1/128" in out["addr"] and "tentative" not in out["addr"]
+    assert "fd09:24ef:4179::a89:b" in out["route"]
+    assert "chain client_fd09_24ef_4179_0000_0000_0000_0a89_000b" in out["table"]
+    assert "already serves client fd09:24ef:4179::a89:b" in out["second"]
+    assert "fd09:24ef:4179::a89:b" not in out["route_after"]
+    assert "fd09:24ef:4179::a89:1" not in out["addr_after"]

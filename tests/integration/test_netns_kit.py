@@ -130,7 +130,11 @@ def test_a_terminated_run_sweeps_its_namespaces_and_a_killed_one_is_swept_later(
 
 
 @pytest.mark.parametrize("address", ["192.168.1.1/24", "10.201.0.1/24", "10.200.0.1/8",
-                                     "10.0.0.1/32", "fd00::1/64", "8.8.8.8/32", "junk"])
+                                     "10.0.0.1/32", "fd00::1/64", "8.8.8.8/32", "junk",
+                                     "fd00:200::1/48", "fd09:24ef:4179::1/47",
+                                     "fd09:24ef:417a::1/64", "fd00:201::1/64",
+                                     "2001:db8::1/64", "fe80::1/64", "ff02::1/128",
+                                     "::1/128", "::/0"])
 def test_addresses_outside_the_lab_ranges_are_refused(netns, address):
     a, b = netns(), netns()
     with pytest.raises(ValueError):
@@ -162,3 +166,48 @@ def test_checks_accept_the_lab_ranges():
     with pytest.raises(ValueError):
         kit.delete_namespace("someone-elses")
 
+
+
+def test_checks_accept_the_ipv6_lab_ranges_and_nothing_around_them():
+    assert kit.check_interface("fd09:24ef:4179::a89:b/128") == "fd09:24ef:4179::a89:b/128"
+    assert kit.check_interface("fd00:200::1/64") == "fd00:200::1/64"
+    assert kit.check_network("fd09:24ef:4179::/48") == "fd09:24ef:4179::/48"
+    assert kit.check_address("fd00:200::ffff") == "fd00:200::ffff"
+    assert kit.check_address("::1", loopback=True) == "::1"
+    for bad in ("fd00:200:0:1::1", "fd09:24ef:4178::1", "2606:4700::1111", "fe80::1",
+                "ff02::1", "::", "::ffff:10.200.0.1"):
+        with pytest.raises(ValueError):
+            kit.check_address(bad)
+    for bad in ("::/0", "fd00::/8", "fd00:200::/63", "fc00::/7"):
+        with pytest.raises(ValueError):
+            kit.check_network(bad)
+    with pytest.raises(ValueError):
+        kit.check_address("::1")  # loopback only when asked for
+
+
+def test_ipv6_hosts_ping_at_once_and_route_inside_the_ranges():
+    with kit.Lab(ipv6=True) as lab:
+        a, b, far = lab.host(), lab.host(), lab.host()
+        a.link(b, "fd00:200::1/64", "fd00:200::2/64")
+        # no duplicate address detection: usable straight away, no "tentative" address
+        assert "tentative" not in a.ip("-6", "addr", "show", "dev", "eth0")
+        assert a.ping("fd00:200::2") and b.ping("fd00:200::1") and a.ping("::1")
+        b.link(far, "fd09:24ef:4179::1/128", "fd09:24ef:4179::a89:b/128")
+        far.add_route("fd09:24ef:4179::1/128", dev="eth0")
+        far.add_route("fd00:200::/64", via="fd09:24ef:4179::1")
+        b.add_route("fd09:24ef:4179::a89:b/128", dev="eth1")
+        b.sysctl("net.ipv6.conf.all.forwarding", 1)
+        a.add_route("fd09:24ef:4179::/48", via="fd00:200::2")
+        assert a.ping("fd09:24ef:4179::a89:b")
+        with pytest.raises(ValueError):
+            a.add_route("2001:db8::/32", via="fd00:200::2")
+        with pytest.raises(ValueError):
+            a.add_route("fd09:24ef:4179::/48", via="fe80::1")
+        with pytest.raises(ValueError):
+            a.ping("2001:4860:4860::8888")
+
+
+def test_without_ipv6_a_host_has_it_off():
+    with kit.Lab() as lab:
+        a = lab.host()
+        assert a.run("cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6").stdout.strip() == "1"

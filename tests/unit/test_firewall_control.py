@@ -76,3 +76,16 @@ def test_dsthost_schedule_ttl_bounds_and_retry():
     assert d.due(11 * SECOND) == ["b.test"]
     assert d.lookup() == {"example.com": ("192.0.2.1",), "b.test": ()}
     assert d.want(["b.test"], 12 * SECOND) == ["b.test"] and "example.com" not in d.names
+
+
+def test_ipv6_setup_from_the_keys_dom0_writes():
+    # as qubes-core-admin's create_qdb_entries writes them for a firewall VM with the
+    # ipv6 feature: its own address, its upstream's, and the gateway its clients use
+    # (in Qubes the firewall's own address again)
+    s = setup_from({**QDB, "/qubes-ip6": b"fd09:24ef:4179::a89:6",
+                    "/qubes-gateway6": b"fd09:24ef:4179::a89:5",
+                    "/qubes-netvm-gateway6": b"fd09:24ef:4179:0000::a89:6"})
+    assert (s.uplink_ip6, s.uplink_gateway6, s.client_gateway6) == (
+        "fd09:24ef:4179::a89:6", "fd09:24ef:4179::a89:5", "fd09:24ef:4179::a89:6")
+    with pytest.raises(ConfigError, match="/qubes-ip6 = '10.200.0.2' is not an IPv6"):
+        setup_from({**QDB, "/qubes-ip6": b"10.200.0.2"})

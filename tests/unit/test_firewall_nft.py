@@ -103,10 +103,9 @@ def test_networks_are_collapsed_and_ipv6_ones_kept_apart():
                                      net("10.200.1.0/24"))),
         FilterRule("accept", 1, dst=(net("fd00::/8"),), proto="tcp"),
     ))
-    assert client_lines(rules)[:2] == [
-        f"ct original ip daddr {{ 10.200.0.0/23 }} {ACCEPT}",
-        f"ct original ip6 daddr {{ fd00::/8 }} meta l4proto tcp {ACCEPT}",
-    ]
+    # in an IPv4 client's chain a network of the other family matches nothing
+    assert client_lines(rules) == [f"ct original ip daddr {{ 10.200.0.0/23 }} {ACCEPT}",
+                                   POLICY]
 
 
 def test_rules_that_can_match_nothing_are_left_out():
@@ -378,3 +377,64 @@ def test_the_kernel_accepts_the_scripts_and_replaces_the_table(netns):
     host.run("nft", "-f", "-", input=nft.delete_script())
     host.run("nft", "-f", "-", input=nft.delete_script())  # absent: still fine
     assert "ingot-fw" not in host.run("nft", "list", "tables").stdout
+
+
+# --------------------------------------------------------------------------
+# IPv6
+
+SETUP6 = FilterSetup(**{**SETUP.__dict__, "uplink_ip6": "fd00:200::2",
+                        "uplink_gateway6": "fd00:200::1",
+                        "client_gateway6": "fd09:24ef:4179::a89:1"})
+C1_6 = "fd09:24ef:4179::a89:a"
+CHAIN6 = "client_fd09_24ef_4179_0000_0000_0000_0a89_000a"
+REJECT6 = "reject with icmpv6 type admin-prohibited"
+
+
+def test_an_ipv6_client_gets_a_chain_of_its_own_on_the_same_interface():
+    rules = ClientRules(C1_6, rules=(
+        FilterRule("drop", 0, dst=(net("fd00:300::/64"),), proto="tcp", dstports=(22, 22)),
+        FilterRule("accept", 1, proto="icmp", icmptype=128),
+        FilterRule("accept", 2, dns=True),                        # no virtual DNS for IPv6
+        FilterRule("accept", 3, dst=(net("10.200.0.0/24"), net("::/0")), proto="udp"),
+    ), policy="drop")
+    script = compile_ruleset(SETUP6, {C1: "vif3.0", C1_6: "vif3.0"}, {C1_6: rules})
+    assert chain(script, CHAIN6) == [
+        'ct state established,related counter name "forwarded" accept',
+        f'ct original ip6 daddr {{ fd00:300::/64 }} tcp dport 22 counter name "drop_rule" '
+        f"{REJECT6}",
+        f"icmpv6 type 128 {ACCEPT}",
+        f"meta l4proto udp {ACCEPT}",
+        f'counter name "drop_policy" {REJECT6}',
+    ]
+    assert 'map client_chains { type ifname : verdict; elements = { "vif3.0" : jump ' \
+        'client_10_137_0_10 }; }' in script
+    assert f'map client_chains6 {{ type ifname : verdict; elements = {{ "vif3.0" : jump ' \
+        f'{CHAIN6} }}; }}' in script
+    forward = chain(script, "forward")
+    assert "meta nfproto ipv4 iifname vmap @client_chains" in forward
+    assert "meta nfproto ipv6 iifname vmap @client_chains6" in forward
+    # anti-spoofing lets neighbour discovery from link-local and :: through
+    assert (f'iifname "vif3.0" ip6 saddr != {C1_6} ip6 saddr != fe80::/10 ip6 saddr != :: '
+            'counter name "drop_spoofed" drop') in chain(script, "antispoof")
+    assert ('oifname "eth0" ip6 saddr != fd00:200::2 ip6 saddr != fe80::/10 counter name '
+            '"masqueraded" snat ip6 to fd00:200::2') in chain(script, "postrouting")
+    inp = chain(script, "input")
+    nd = inp.index("iifname @client_ifs6 " + nft.ND_IN + " accept")
+    assert nd < inp.index(f'iifname @client_ifs meta nfproto ipv6 counter name '
+                          f'"drop_to_firewall" {REJECT6}')
+    assert 'iifname "eth0" ' + nft.ND_UP + " accept" in inp
+
+
+def test_ipv6_clients_need_ipv6_in_the_setup_and_one_per_interface():
+    with pytest.raises(ValueError, match="setup has no IPv6"):
+        compile_ruleset(SETUP, {C1_6: "vif3.0"}, {})
+    with pytest.raises(ValueError, match="share interface vif3.0"):
+        compile_ruleset(SETUP6, {C1_6: "vif3.0", "fd09:24ef:4179::a89:b": "vif3.0"}, {})
+    with pytest.raises(ValueError, match="IPv6 address"):
+        compile_ruleset(SETUP6, {"fd09::1 }": "vif3.0"}, {})
+    with pytest.raises(ValueError, match="IPv6 address"):
+        compile_ruleset(FilterSetup(**{**SETUP6.__dict__, "uplink_ip6": "fd00::1; x"}), {}, {})
+    # without an IPv6 client, IPv6 on a client interface is dropped
+    script = compile_ruleset(SETUP6, {C1: "vif3.0"}, {})
+    assert ('iifname @client_ifs iifname != @client_ifs6 meta nfproto ipv6 counter name '
+            '"drop_ipv6" drop') in chain(script, "antispoof")

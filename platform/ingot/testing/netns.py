@@ -16,9 +16,12 @@ Safety rules the kit enforces:
 
 * Addresses, routes and ping targets must lie inside 10.137.0.0/16,
   10.200.0.0/16 or Qubes' virtual DNS range 10.139.1.0/24 (which a firewall
-  redirects; nothing outside the lab's namespaces is ever routed there)
-  (:func:`check_interface`, :func:`check_network`); anything else raises
-  ``ValueError`` before a command runs.
+  redirects; nothing outside the lab's namespaces is ever routed there), or,
+  for IPv6, inside two unique local ranges (RFC 4193, never routed on the
+  Internet): Qubes' own client prefix fd09:24ef:4179::/48 and the test
+  range fd00:200::/64 (:data:`ALLOWED_NETWORKS`, :func:`check_interface`,
+  :func:`check_network`); anything else (a global address, a link-local or
+  multicast one, ``::/0``) raises ``ValueError`` before a command runs.
 * The kit never changes the namespace it runs in: every device is created
   inside a namespace of the lab (``ip link add ... netns A ... peer ...
   netns B``), and :meth:`Host.entered` moves only the calling thread, and
@@ -54,9 +57,12 @@ from typing import Any
 
 ALLOWED_NETWORKS = (ipaddress.IPv4Network("10.137.0.0/16"),
                     ipaddress.IPv4Network("10.200.0.0/16"),
-                    ipaddress.IPv4Network("10.139.1.0/24"))
+                    ipaddress.IPv4Network("10.139.1.0/24"),
+                    ipaddress.IPv6Network("fd09:24ef:4179::/48"),
+                    ipaddress.IPv6Network("fd00:200::/64"))
 """The only networks a lab may address (Qubes' client range, a test range, and Qubes'
-virtual DNS addresses, which a firewall under test redirects)."""
+virtual DNS addresses, which a firewall under test redirects; for IPv6 Qubes' client
+prefix and one test /64, both unique local addresses)."""
 
 ROOT_PREFIX = "ingt-"
 RUN_PREFIX = f"{ROOT_PREFIX}{os.getpid()}-"
@@ -91,7 +97,8 @@ def unavailable() -> str | None:
 
 
 def _allowed(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return net.version == 4 and any(net.subnet_of(a) for a in ALLOWED_NETWORKS)  # type: ignore[arg-type]
+    return any(net.version == a.version and net.subnet_of(a)  # type: ignore[arg-type]
+               for a in ALLOWED_NETWORKS)
 
 
 def _allowed_text() -> str:
@@ -99,7 +106,8 @@ def _allowed_text() -> str:
 
 
 def check_interface(text: str) -> str:
-    """An interface address ``"10.200.0.1/24"``; its whole network must be allowed."""
+    """An interface address ``"10.200.0.1/24"`` (or ``"fd00:200::1/64"``); its whole
+    network must be allowed."""
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError as exc:
@@ -129,7 +137,7 @@ def check_address(text: str, *, loopback: bool = False) -> str:
         addr = ipaddress.ip_address(text)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not an IP address: {exc}") from None
-    if loopback and addr.is_loopback and addr.version == 4:
+    if loopback and addr.is_loopback:
         return str(addr)
     if not _allowed(ipaddress.ip_network(addr)):
         raise ValueError(f"{text}: a lab only talks to addresses inside {_allowed_text()}")
@@ -329,9 +337,12 @@ def entered(name: str) -> Iterator[None]:
 class Host:
     """One network namespace, with helpers that only act inside it.
 
-    IPv6 is off in a host unless its lab says otherwise: the lab ranges are
-    IPv4, and IPv6's own chatter (router solicitations, MLD reports) would
-    otherwise reach every device under test.
+    IPv6 is off in a host unless its lab says otherwise: IPv6's own chatter
+    (router solicitations, MLD reports) would otherwise reach every device
+    under test. With it on, duplicate address detection is off
+    (``accept_dad=0`` for every interface made afterwards, and addresses are
+    added ``nodad``), so an address is usable at once rather than after a
+    second or two.
     """
 
     def __init__(self, lab: Lab, name: str) -> None:
@@ -339,8 +350,11 @@ class Host:
         self.name = name
         self._procs: list[subprocess.Popen[Any]] = []
         self._ifcounters: dict[str, Iterator[int]] = {}
-        if not lab.ipv6:
-            for conf in ("all", "default"):
+        for conf in ("all", "default"):
+            if lab.ipv6:
+                self.sysctl(f"net.ipv6.conf.{conf}.disable_ipv6", 0)
+                self.sysctl(f"net.ipv6.conf.{conf}.accept_dad", 0)
+            else:
                 self.sysctl(f"net.ipv6.conf.{conf}.disable_ipv6", 1)
 
     def __repr__(self) -> str:
@@ -404,8 +418,11 @@ class Host:
         self.ip("link", "set", check_ifname(ifname), "up")
 
     def add_address(self, ifname: str, address: str) -> None:
-        """Give ``ifname`` an address like ``"10.200.0.1/24"``."""
-        self.ip("addr", "add", check_interface(address), "dev", check_ifname(ifname))
+        """Give ``ifname`` an address like ``"10.200.0.1/24"`` (an IPv6 one without
+        duplicate address detection)."""
+        addr = check_interface(address)
+        extra = ["nodad"] if ":" in addr else []
+        self.ip("addr", "add", addr, "dev", check_ifname(ifname), *extra)
 
     def link(self, other: Host, addr_self: str | None = "10.200.0.1/24",
              addr_other: str | None = "10.200.0.2/24", *, mtu: int | None = None
@@ -466,6 +483,8 @@ class Host:
                   table: int | None = None) -> None:
         """A route to ``dest`` (inside the allowed ranges) via a gateway and/or device."""
         args = ["route", "add", check_network(dest)]
+        if ":" in dest:
+            args.insert(0, "-6")
         if via is not None:
             args += ["via", check_address(via)]
         if dev is not None:
@@ -539,8 +558,8 @@ class Switch(Host):
 class Lab:
     """The hosts of one test; :meth:`close` (or the ``with`` block's end) removes them all.
 
-    ``ipv6``: leave IPv6 on in the hosts (link-local addresses only; the kit
-    gives out no IPv6 address).
+    ``ipv6``: IPv6 on in the hosts (link-local addresses, plus those a test
+    gives inside the allowed IPv6 ranges).
     """
 
     def __init__(self, *, ipv6: bool = False) -> None:
