@@ -23,6 +23,17 @@ with ``error`` when it does not parse), :meth:`Engine.handle` with a
     translated back to exactly the client's original tuple.
 ``packet``
     One raw packet, from each ingress, to a fresh engine.
+``l2``
+    A run of Ethernet frames through the firewall's L2 (uplink, two IPv4
+    clients, an IPv6 client on the device of one of them and one on a device
+    of its own, an unknown interface), each ``LEN(2) CTRL(1) FRAME``: CTRL
+    bits 0-2 the interface, 3 also send the frame's payload out of another
+    interface with :meth:`L2.output`, 4 tick at the next deadline, 5 set the
+    source MAC to the one learnt for that client, 6-7 the time step.
+    Checks: only Deliver/Transmit/Dropped come out, a transmitted frame has
+    an Ethernet header from one of our MACs, a delivered packet lies inside
+    the frame, ``fast_input`` (when it answers) delivers exactly what
+    ``input`` does, drops are counted.
 
 Run one target::
 
@@ -48,14 +59,18 @@ if atheris is not None and "--plain" not in sys.argv:
     with atheris.instrument_imports(include=["ingot.plugins.firewall",
                                              "ingot.plugins.netstack"]):
         from ingot.plugins.firewall.engine import UPLINK, Drop, Engine, Forward
+        from ingot.plugins.firewall.l2 import L2, Deliver, Dropped, Transmit
         from ingot.plugins.firewall.rules import (Matcher, parse_client_rules, parse_rule,
                                                   resolve_dsthosts)
-        from ingot.plugins.netstack import checksum, icmp, icmpv6, ipv4, ipv6, tcp, udp
+        from ingot.plugins.netstack import (checksum, ethernet, icmp, icmpv6, ipv4, ipv6,
+                                            ndp, tcp, udp)
 else:
     from ingot.plugins.firewall.engine import UPLINK, Drop, Engine, Forward
+    from ingot.plugins.firewall.l2 import L2, Deliver, Dropped, Transmit
     from ingot.plugins.firewall.rules import (Matcher, parse_client_rules, parse_rule,
                                               resolve_dsthosts)
-    from ingot.plugins.netstack import checksum, icmp, icmpv6, ipv4, ipv6, tcp, udp
+    from ingot.plugins.netstack import (checksum, ethernet, icmp, icmpv6, ipv4, ipv6, ndp,
+                                        tcp, udp)
 
 from ingot.signatures import ClientRules, FilterSetup  # noqa: E402
 
@@ -226,6 +241,75 @@ def t_packet(data: bytes) -> None:
         _check(e, 0, ingress, data, v)
 
 
+# -- l2 --------------------------------------------------------------------------
+
+UPMAC, FWMAC1, FWMAC2, FWMAC6 = (bytes([2, 0, 0, 0, 0, i]) for i in (1, 2, 3, 4))
+C7 = "fd09:24ef:4179::a89:b"
+L2_IFACES = (UPLINK, C1, C2, C7, "10.137.0.99")
+OURS = {UPMAC, FWMAC1, FWMAC2, FWMAC6}
+
+
+def _l2() -> L2:
+    l2 = L2(SETUP, UPMAC, queue_per_ip=2)
+    l2.attach(C1, FWMAC1)
+    l2.attach(C2, FWMAC2)
+    l2.attach(C6, FWMAC1, iface=C1)
+    l2.attach(C7, FWMAC6)
+    return l2
+
+
+def _counted(l2: L2) -> int:
+    return sum(l2.counters.snapshot().values())
+
+
+def _l2_check(l2: L2, frame: bytes, events: list, before: int) -> None:
+    if any(isinstance(ev, Dropped) for ev in events):
+        assert _counted(l2) > before, events
+    for ev in events:
+        assert isinstance(ev, (Deliver, Transmit, Dropped)), ev
+        if isinstance(ev, Transmit):
+            out = bytes(ev.frame)
+            assert len(out) >= ethernet.HEADER_LEN and out[6:12] in OURS, out[:14].hex()
+        elif isinstance(ev, Deliver):
+            assert bytes(ev.packet) in frame
+
+
+def t_l2(data: bytes) -> None:
+    l2 = _l2()
+    now = 0
+    _l2_check(l2, b"", l2.start(now), 0)
+    pos = 0
+    while pos + 3 <= len(data):
+        size, ctrl = struct.unpack_from("!HB", data, pos)
+        pos += 3
+        frame = bytearray(data[pos:pos + size])
+        pos += size
+        iface = L2_IFACES[(ctrl & 7) % len(L2_IFACES)]
+        now += (ctrl >> 6) * 7 * SECOND
+        if ctrl & 0x20 and len(frame) >= 12 and iface != UPLINK:
+            learnt = l2.client_mac(iface)
+            if learnt is not None:
+                frame[6:12] = learnt
+        frame = bytes(frame)
+        fast = l2.fast_input(iface, frame)
+        fast = None if fast is None else bytes(fast)
+        before = _counted(l2)
+        events = l2.input(now, iface, frame)
+        _l2_check(l2, frame, events, before)
+        if fast is not None:
+            assert [type(e) for e in events] == [Deliver] and bytes(events[0].packet) == fast
+        if ctrl & 8 and len(frame) > ethernet.HEADER_LEN:
+            egress = L2_IFACES[(ctrl + 1) % 4]
+            before = _counted(l2)
+            _l2_check(l2, b"", l2.output(now, egress, frame[ethernet.HEADER_LEN:]), before)
+        if ctrl & 0x10:
+            at = l2.next_deadline()
+            if at is not None:
+                now = max(now, at)
+                before = _counted(l2)
+                _l2_check(l2, b"", l2.tick(now), before)
+
+
 TARGETS = driver.targets(globals())
 
 
@@ -261,7 +345,19 @@ def seeds() -> list[bytes]:
              b"0001:action=accept specialtarget=dns\n0002:action=drop dsthost=a.example\n"
              b"0003:action=accept proto=icmp icmptype=8")
     rules6 = b"\x01policy:accept\n0000:action=drop dst6=2001:db8::/32 proto=udp"
-    return [run, rules, rules6, *pkts]
+    eth = ethernet.build
+    cmac = bytes([2, 0, 0, 0, 0, 0x10])
+    frames = [
+        (eth(FWMAC1, cmac, ethernet.ETHERTYPE_IPV4, pkts[0]), 1),
+        (eth(UPMAC, bytes([2, 0, 0, 0, 0, 0x20]), ethernet.ETHERTYPE_IPV4, pkts[6]), 0x18),
+        (eth(FWMAC1, cmac, ethernet.ETHERTYPE_IPV6, pkts[10]), 0x29),
+        (eth(ethernet.BROADCAST, cmac, ethernet.ETHERTYPE_ARP,
+             b"\x00\x01\x08\x00\x06\x04\x00\x01" + cmac + _ip(C1) + bytes(6) + _ip(CGW)), 1),
+        (ndp.solicitation_frame(cmac, _ip(C7), _ip(CGW6)), 0x13),
+        (eth(UPMAC, cmac, ethernet.ETHERTYPE_IPV6, pkts[12]), 0x40),
+    ]
+    l2run = b"".join(struct.pack("!HB", len(f), c) + f for f, c in frames)
+    return [run, rules, rules6, l2run, *pkts]
 
 
 if __name__ == "__main__":
