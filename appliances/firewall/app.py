@@ -59,7 +59,8 @@ class Firewall:
     async def start(self) -> None:
         values = await self.qdb.multiread("/qubes-")  # one round trip for every address
         try:
-            self.setup = setup_from(values, self.keys.max_connections)
+            self.setup = setup_from(values, self.keys.max_connections,
+                                    self.keys.icmp_error_rate)
         except ConfigError as exc:
             raise ConfigError(f"{exc}; nothing to filter for") from None
         watchers = [self.qdb.watch(prefix) for prefix in WATCHED]

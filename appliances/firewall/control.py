@@ -79,7 +79,8 @@ def _prefix(values: Mapping[str, bytes]) -> int:
         raise ConfigError(f"QubesDB /qubes-netmask = {text!r} is not a netmask") from None
 
 
-def setup_from(values: Mapping[str, bytes], max_connections: int = 5000) -> FilterSetup:
+def setup_from(values: Mapping[str, bytes], max_connections: int = 5000,
+               icmp_error_rate: int = 1000) -> FilterSetup:
     """The firewall's addresses from QubesDB ``values`` (path -> bytes)."""
     virtual = [_address(values, p, required=False)
                for p in ("/qubes-netvm-primary-dns", "/qubes-netvm-secondary-dns")]
@@ -97,6 +98,7 @@ def setup_from(values: Mapping[str, bytes], max_connections: int = 5000) -> Filt
         uplink_gateway6=_address(values, "/qubes-gateway6", 6, required=False),
         client_gateway6=_address(values, "/qubes-netvm-gateway6", 6, required=False),
         max_connections=max_connections,
+        icmp_error_rate=icmp_error_rate,
     )
 
 

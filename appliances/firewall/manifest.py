@@ -1,7 +1,7 @@
 """Manifest of the firewall appliance: a QubesOS firewall VM (sys-firewall), rules from
 QubesDB, client traffic filtered and masqueraded by a packet_filter device."""
 
-from ingot.keys import key, positive
+from ingot.keys import key, non_negative, positive
 from ingot.manifest import Appliance, device
 from ingot.signatures import PacketFilter, QubesDB, Stack
 
@@ -31,6 +31,9 @@ appliance = Appliance(
             "/ingot/clients/IP = IFNAME)", [], validate=_client),
         key("max-connections", int, "Connection-tracking (NAT) table size; the least "
             "recently used entry goes when it is full", 5000, validate=positive),
+        key("icmp-error-rate", int, "ICMP errors (prohibited, time exceeded) the python data "
+            "plane sends per second at most, in bursts of a twentieth (0: no limit)", 1000,
+            validate=non_negative),
         key("dsthost-min-ttl", float, "Seconds a dsthost answer is kept at least before it "
             "is resolved again", 30.0, validate=positive),
         key("dsthost-max-ttl", float, "Seconds a dsthost answer is kept at most", 3600.0,

@@ -762,6 +762,10 @@ class FilterSetup:
     10.139.1.1 and 10.139.1.2), redirected to ``upstream_dns``
     (``/qubes-primary-dns``, ``/qubes-secondary-dns``) in the same order.
     ``*6`` fields: the same for IPv6 (empty: IPv6 is dropped).
+    ``max_connections``: the connection-tracking table's size.
+    ``icmp_error_rate``: ICMP errors the firewall itself sends (prohibited,
+    time exceeded) per second at most, in bursts of a twentieth of that, as
+    Linux's ``icmp_msgs_per_sec``/``icmp_msgs_burst`` (1000, 50); 0: no limit.
     """
 
     uplink_ip: str
@@ -774,6 +778,7 @@ class FilterSetup:
     uplink_gateway6: str = ""
     client_gateway6: str = ""
     max_connections: int = 5000
+    icmp_error_rate: int = 1000
 
 
 class PacketFilter(Protocol):

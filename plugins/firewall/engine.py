@@ -246,6 +246,12 @@ class Engine:
         self._rules: dict[str, ClientRules] = {}   # canonical address -> rules
         self._matchers: dict[str, Matcher] = {}
         self._frags: OrderedDict[tuple, tuple] = OrderedDict()
+        # ICMP errors we send: a token bucket (rate per second, burst a twentieth)
+        self._now = 0
+        self._err_rate = max(0, setup.icmp_error_rate)
+        self._err_burst = max(1, self._err_rate // 20)
+        self._err_tokens = float(self._err_burst)
+        self._err_at = 0
 
     # -- control plane -------------------------------------------------------
 
@@ -330,6 +336,7 @@ class Engine:
         fast = self._fast(now_ns, ingress, mv, partial_csum, in_place)
         if fast is not None:
             return Forward(fast[0], fast[1])
+        self._now = now_ns
         try:
             if not len(mv):
                 raise ParseError("ip", "empty packet")
@@ -773,10 +780,30 @@ class Engine:
                 return False
             if p.src == bytes(16):
                 return False
-            return not (p.itype is not None and p.itype < 128)
-        if p.ip4 is None:
-            p.ip4 = ipv4.parse(mv)
-        return icmp.error_allowed(p.ip4)
+            if p.itype is not None and p.itype < 128:
+                return False
+        else:
+            if p.ip4 is None:
+                p.ip4 = ipv4.parse(mv)
+            if not icmp.error_allowed(p.ip4):
+                return False
+        return self._error_token()
+
+    def _error_token(self) -> bool:
+        """Take a token for one ICMP error (False: over the rate, counted)."""
+        if not self._err_rate:
+            return True
+        now = self._now
+        tokens = self._err_tokens + (now - self._err_at) * self._err_rate / 1e9
+        self._err_at = now
+        if tokens > self._err_burst:
+            tokens = self._err_burst
+        if tokens < 1.0:
+            self._err_tokens = tokens
+            self._count("icmp.rate_limited")
+            return False
+        self._err_tokens = tokens - 1.0
+        return True
 
     def _from_addr(self, p: _Packet, ingress: str) -> bytes:
         if ingress == UPLINK:

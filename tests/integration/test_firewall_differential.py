@@ -69,7 +69,8 @@ FW_UP6, UP1_6, UP5_6 = "fd00:200::2", "fd00:200::1", "fd00:200::5"
 V6_OF = {C1: C1_6, C2: C2_6}
 SETUP = {"uplink_ip": FW_UP, "uplink_gateway": UP1, "client_gateway": GW,
          "uplink_prefix": 30, "virtual_dns": list(VDNS), "upstream_dns": list(UPDNS),
-         "uplink_ip6": FW_UP6, "uplink_gateway6": UP1_6, "client_gateway6": GW6}
+         "uplink_ip6": FW_UP6, "uplink_gateway6": UP1_6, "client_gateway6": GW6,
+         "icmp_error_rate": 0}  # as the kernel's ICMP limits are lifted in the namespace
 SEEDS = (1, 2, 3, 4)
 RANDOM_SETS = 50
 PROBE_TIMEOUT = 1.0

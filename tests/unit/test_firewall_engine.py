@@ -335,6 +335,25 @@ def test_no_rules_denied_with_admin_prohibited():
     unreachable(d.reply, icmp.ADMIN_PROHIBITED, CGW, C1, pkt)
 
 
+def test_icmp_errors_are_rate_limited_as_linux_does():
+    e = Engine(FilterSetup(**{**SETUP.__dict__, "icmp_error_rate": 100}))  # burst 5
+    e.attach(C1)
+    e.set_rules(rules(C1, policy="drop"))
+    pkt = tcp_pkt(C1, R, 4000, 80, tcp.SYN)
+    got = [e.handle(0, C1, pkt).reply is not None for _ in range(8)]
+    assert got == [True] * 5 + [False] * 3
+    assert e.counters["icmp.rate_limited"] == 3 and e.counters["drop.policy"] == 8
+    # 100 per second: one token back every 10 ms, no more than the burst after a pause
+    assert dropped(e.handle(S // 100, C1, pkt), "policy", reply=True)
+    assert dropped(e.handle(S // 100, C1, pkt), "policy", reply=False)
+    assert [e.handle(10 * S, C1, pkt).reply is not None for _ in range(6)] == [True] * 5 + [False]
+    # a limit of 0 is none
+    free = Engine(FilterSetup(**{**SETUP.__dict__, "icmp_error_rate": 0}))
+    free.attach(C1)
+    free.set_rules(rules(C1, policy="drop"))
+    assert all(free.handle(0, C1, pkt).reply is not None for _ in range(2000))
+
+
 def test_rule_and_policy_drops_carry_reason_and_number():
     e = Engine(SETUP)
     e.attach(C1)
