@@ -42,7 +42,11 @@ From a client (``ingress`` is its address):
    code 1) from the client gateway address, as Qubes' ``reject`` does, and
    is counted ``rule`` (a drop rule matched, its NNNN in
    :attr:`Drop.rule`), ``policy``, ``rules error`` (the rules did not
-   parse) or ``no rules`` (never set).
+   parse) or ``no rules`` (never set). ICMP errors the engine makes (this
+   one, host prohibited, time exceeded) share a token bucket of
+   ``setup.icmp_error_rate`` per second (bursts of a twentieth, as Linux's
+   ``icmp_msgs_per_sec``/``icmp_msgs_burst``); past it the drop is silent
+   (``icmp.rate_limited``).
 8. Accepted with TTL (hop limit) <= 1: ``ttl``, answered with ICMP time
    exceeded; nothing is tracked. Otherwise the flow is tracked
    (:mod:`.conntrack`) and the packet forwarded, TTL decremented.
