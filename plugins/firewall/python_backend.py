@@ -16,9 +16,17 @@ Interfaces:
   a Qubes ``vif`` or a veth end), with ``memory`` the in-process segment of
   that name (:mod:`ingot.plugins.netif.memory`, for tests).
 
+Reading: from a netif device (afpacket, tap) through its ``serve()``: the
+device hands each frame over as a view of its receive buffer with the raw
+virtio-net header, and a frame of a tracked flow is edited where it lies and
+copied once, by the egress device when written (into its ``sendmmsg`` slot):
+no header object and no ``await`` per frame. Anything off that path is copied
+out of the receive buffer first (L2 may keep it while ARP resolves). Other devices (memory, test doubles) are read with ``read_vnet()``
+or ``read()``.
+
 GSO and checksum offload: with the virtio-net header on (``client-vnet-hdr``,
-default true, and on the uplink device when it has it), frames are read
-with ``read_vnet()``: a 64 KiB TCP super-packet passes through the engine
+default true, and on the uplink device when it has it), frames come with
+their header: a 64 KiB TCP super-packet passes through the engine
 once (with ``partial_csum`` when its header says ``NEEDS_CSUM``: the
 transport checksum then holds only the pseudo-header sum, which NAT must
 update as such) and leaves with the same header through ``write_vnet()``,
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,9 +80,14 @@ def python_spec() -> DeviceSpec:
 
 
 class _Iface:
-    """One interface the filter reads and writes."""
+    """One interface the filter reads and writes.
 
-    __slots__ = ("name", "dev", "vnet", "task", "owned")
+    ``copies``: the device is done with a frame when ``write()`` returns
+    (:attr:`~ingot.plugins.netif.device.FdDevice.WRITE_COPIES`), so a frame
+    still in another device's receive buffer may be handed to it as it is.
+    """
+
+    __slots__ = ("name", "dev", "vnet", "task", "owned", "copies")
 
     def __init__(self, name: str, dev: Any, owned: bool) -> None:
         self.name = name
@@ -81,6 +95,7 @@ class _Iface:
         self.vnet = bool(getattr(dev, "vnet", False))
         self.task: asyncio.Task[None] | None = None
         self.owned = owned
+        self.copies = getattr(dev, "WRITE_COPIES", False) is True
 
 
 class PythonFilter:
@@ -259,8 +274,11 @@ class PythonFilter:
         dev = iface.dev
         name = iface.name
         handle = self._frame_in
+        serve = getattr(dev, "serve", None)
         try:
-            if iface.vnet:
+            if serve is not None:  # frames handed over in place (netif's FdDevice)
+                await serve(functools.partial(self._frame_in_place, name))
+            elif iface.vnet:
                 while True:
                     header, frame = await dev.read_vnet()
                     handle(name, frame, header)
@@ -276,6 +294,58 @@ class PythonFilter:
             self._count("fw.read_failed")
             self.log.error("interface read failed; no longer reading it", iface=name,
                            error=f"{type(exc).__name__}: {exc}")
+
+    def _frame_in_place(self, name: str, frame: memoryview, raw: memoryview | None) -> None:
+        """:meth:`_frame_in` for a frame in the device's receive buffer (``serve``).
+
+        ``raw`` is the packed virtio-net header (or None). The common case, a
+        frame of a tracked flow, is edited and sent where it lies, its header
+        passed on packed; everything else works on a copy (L2 may keep a
+        packet while ARP resolves, and the buffer is read into again next),
+        with the header unpacked, as :meth:`_frame_in` gets them.
+        """
+        try:
+            partial = False
+            if raw is not None:
+                flags = raw[0]
+                gso = raw[1]
+                if flags or gso:
+                    partial = flags & 1 != 0  # VNET_F_NEEDS_CSUM
+                    if gso:
+                        self._counters["fw.gso_in"] = self._counters.get("fw.gso_in", 0) + 1
+                else:
+                    raw = None  # a finished frame: sent with a zero header, as NO_OFFLOAD
+            now = self._now()
+            l2 = self.l2
+            packet = l2.fast_input(name, frame)  # type: ignore[union-attr]
+            if packet is not None:
+                fast = self.engine._fast(now, name, packet, partial, True)  # type: ignore
+                if fast is not None:
+                    egress, out = fast
+                    if len(out) + 14 == len(frame):
+                        if l2.fast_output(now, egress, frame):  # type: ignore[union-attr]
+                            self._transmit(egress, frame, raw)
+                            return
+                        buf = bytearray(frame)
+                        self._emit(l2.output(now, egress, memoryview(buf)[14:],  # type: ignore
+                                             _unpack(raw), frame=buf))
+                    else:
+                        self._emit(l2.output(now, egress,  # type: ignore[union-attr]
+                                             memoryview(bytearray(out)), _unpack(raw)))
+                    return
+                buf = bytearray(frame)
+                header = _unpack(raw)
+                self._events_in(now, name, buf, [Deliver(name, memoryview(buf)[
+                    14:14 + len(packet)], header)], partial, header)
+            else:
+                buf = bytearray(frame)
+                header = _unpack(raw)
+                self._events_in(now, name, buf, l2.input(now, name, buf, header),  # type: ignore
+                                partial, header)
+        except Exception as exc:  # noqa: BLE001 - no frame may stop the loop
+            self._count("fw.internal_error")
+            self._ratelimited("error", "internal_error", "frame handling failed", iface=name,
+                              error=f"{type(exc).__name__}: {exc}")
 
     def _frame_in(self, name: str, frame: bytes, header: Any) -> None:
         try:
@@ -308,31 +378,39 @@ class PythonFilter:
                 events: list[Any] = [Deliver(name, packet, header)]
             else:
                 events = l2.input(now, name, buf, header)  # type: ignore[union-attr]
-            for ev in events:
-                if type(ev) is Deliver:
-                    verdict = engine.handle(now, name, ev.packet, partial_csum=partial,
-                                            in_place=True)
-                    if type(verdict) is Forward:
-                        out = verdict.packet
-                        if type(out) is memoryview and out.obj is buf \
-                                and len(out) + 14 == len(buf):
-                            self._emit(l2.output(now, verdict.egress, out, header, frame=buf))
-                        else:
-                            self._emit(l2.output(now, verdict.egress, out, header))
-                    else:
-                        self._drop(name, verdict.reason, verdict.rule)
-                        if verdict.reply:
-                            self._emit(l2.output(now, name, verdict.reply, None))
-                elif type(ev) is Transmit:
-                    self._send(ev)
-                else:
-                    self._drop(ev.iface, ev.reason)
-            if l2.deadline_changed:  # type: ignore[union-attr]
-                self._arm()
+            self._events_in(now, name, buf, events, partial, header)
         except Exception as exc:  # noqa: BLE001 - no frame may stop the loop
             self._count("fw.internal_error")
             self._ratelimited("error", "internal_error", "frame handling failed", iface=name,
                               error=f"{type(exc).__name__}: {exc}")
+
+    def _events_in(self, now: int, name: str, buf: bytearray, events: list[Any],
+                   partial: bool, header: Any) -> None:
+        """The general path: L2's events for the frame in ``buf`` through the engine."""
+        l2 = self.l2
+        engine = self.engine
+        for ev in events:
+            if type(ev) is Deliver:
+                verdict = engine.handle(now, name, ev.packet, partial_csum=partial,  # type: ignore
+                                        in_place=True)
+                if type(verdict) is Forward:
+                    out = verdict.packet
+                    if type(out) is memoryview and out.obj is buf \
+                            and len(out) + 14 == len(buf):
+                        self._emit(l2.output(now, verdict.egress, out, header,  # type: ignore
+                                             frame=buf))
+                    else:
+                        self._emit(l2.output(now, verdict.egress, out, header))  # type: ignore
+                else:
+                    self._drop(name, verdict.reason, verdict.rule)
+                    if verdict.reply:
+                        self._emit(l2.output(now, name, verdict.reply, None))  # type: ignore
+            elif type(ev) is Transmit:
+                self._send(ev)
+            else:
+                self._drop(ev.iface, ev.reason)
+        if l2.deadline_changed:  # type: ignore[union-attr]
+            self._arm()
 
     def _emit(self, events: list[Any]) -> None:
         if self.l2 is not None and self.l2.deadline_changed:
@@ -346,23 +424,30 @@ class PythonFilter:
     def _send(self, ev: Transmit) -> None:
         self._transmit(ev.iface, ev.frame, ev.meta)
 
-    def _transmit(self, name: str, frame: bytes | bytearray, header: Any) -> None:
+    def _transmit(self, name: str, frame: bytes | bytearray | memoryview, header: Any) -> None:
+        """Send ``frame`` out of ``name``; ``header`` a VnetHeader, a packed one
+        (from :meth:`_frame_in_place`, never all zero there) or None."""
         iface = self._ifaces.get(name)
         if iface is None:
             self._count("fw.tx_no_interface")
             return
         dev = iface.dev
         try:
-            if header is None or (header.flags == 0 and header.gso_type == 0):
+            if type(frame) is memoryview and not iface.copies:
+                frame = bytes(frame)  # it lies in a receive buffer that is read into again
+            if header is None:
+                dev.write(frame)
+            elif type(header) is memoryview:
+                if iface.vnet:
+                    dev.write_vnet(header, frame)
+                else:
+                    self._finish(dev, _unpack(header), bytes(frame))
+            elif header.flags == 0 and header.gso_type == 0:
                 dev.write(frame)
             elif iface.vnet:
                 dev.write_vnet(header, frame)
             else:
-                from ingot.plugins.netif.offload import complete
-
-                for part in complete(header, frame, ethernet=True):
-                    dev.write(part)
-                self._count("fw.tx_finished_in_software")
+                self._finish(dev, header, frame)
         except MessageTooLong:
             self._count("fw.tx_too_long")
             self._drop(name, "packet longer than the interface MTU")
@@ -371,6 +456,14 @@ class PythonFilter:
         except (DeviceError, ValueError, OSError) as exc:
             self._count("fw.tx_failed")
             self._drop(name, f"send failed: {exc}")
+
+    def _finish(self, dev: Any, header: Any, frame: bytes | bytearray) -> None:
+        """For an egress without the virtio-net header: finish the packet in software."""
+        from ingot.plugins.netif.offload import complete
+
+        for part in complete(header, frame, ethernet=True):
+            dev.write(part)
+        self._count("fw.tx_finished_in_software")
 
     def _count(self, name: str, n: int = 1) -> None:
         self._counters[name] = self._counters.get(name, 0) + n
@@ -436,6 +529,15 @@ class PythonFilter:
             self._ratelimited("error", "internal_error", "ARP timer failed",
                               error=f"{type(exc).__name__}: {exc}")
         self._arm()
+
+
+def _unpack(raw: memoryview | None) -> Any:
+    """A packed virtio-net header as L2's ``meta`` (a ``VnetHeader``), None as None."""
+    if raw is None:
+        return None
+    from ingot.plugins.netif.linux import VnetHeader
+
+    return VnetHeader.unpack(raw)
 
 
 def connect(ctx: DeviceContext) -> PythonFilter:

@@ -45,6 +45,13 @@ both a forwarder's fast path and plain readers. ``write()`` on a ``tun``
 device raises ``MessageTooLong`` above the MTU, as on ``net`` devices above
 MTU + 14.
 
+A forwarder reads the Linux devices with ``serve(handler)`` rather than
+``read_vnet()``: the device calls the handler with each packet and its raw
+virtio-net header as views of its receive buffer (no copy, no object per
+packet), and ``write()``/``write_vnet()`` copy what they are given before
+they return, so a packet can be edited and sent where it lies (see
+:meth:`~ingot.plugins.netif.device.FdDevice.serve`).
+
 Every device counts what it moved and lost (``dropped`` and
 ``stats_dict()``, see :data:`ingot.plugins.netif.device.STATS_DOC`).
 The Linux backends work on the ``unix``, ``vm`` and ``qubes`` targets (not in

@@ -17,11 +17,15 @@ them in software and always returns standard frames, and ``read_vnet()``/
 what the kernel has, unfinished or not: then turn the peer's offloads off
 (``ethtool -K PEER tso off gso off tx off``).
 
-Writes are batched: ``write()`` queues the frame and the frames written
-during one event-loop iteration go out together in ``sendmmsg`` calls at the
-end of it (at once when 32 wait, or when no loop runs); a frame the kernel
-has no room for at that point is dropped and counted. Reads use one
-``recv()`` per frame. :mod:`.batch` has the measurements behind both.
+Writes are batched: ``write()`` copies the frame into a slot of a
+:class:`~.batch.SendMany` (so the caller's buffer is free again at once) and
+the frames written during one event-loop iteration go out together in
+``sendmmsg`` calls at the end of it (at once when 32 wait, or when no loop
+runs); a frame the kernel has no room for at that point is dropped and
+counted. ``read()`` uses one ``recv()`` per frame;
+:meth:`~.device.FdDevice.serve` receives up to 16 frames per ``recvmmsg``
+into 64 KiB slots of anonymous memory and hands each over where it lies.
+:mod:`.batch` has the measurements behind these choices.
 
 VLAN tags the interface strips on receive are not put back.
 """
@@ -39,7 +43,7 @@ from ingot.registry import DeviceContext
 from ingot.signatures import DeviceError
 
 from .batch import RecvMany, SendMany
-from .device import _FULL, QUEUE, READ_SIZE, FdDevice
+from .device import _FULL, BURST, QUEUE, READ_SIZE, FdDevice
 from .linux import (
     ETH_P_ALL,
     PACKET_ADD_MEMBERSHIP,
@@ -58,6 +62,9 @@ RCVBUF = 4 << 20
 TX_BATCH = 32
 """Frames sent per ``sendmmsg`` call at most (see :mod:`.batch` for why writes batch)."""
 
+SERVE_BATCH = 16
+"""Frames per ``recvmmsg`` call at most in :meth:`~.device.FdDevice.serve` (64 KiB slots)."""
+
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
@@ -66,9 +73,11 @@ class PacketNet(FdDevice):
 
     def __init__(self, ifname: str, *, promiscuous: bool = False, vnet: bool = True,
                  log: Any = None, queue: int = QUEUE, tx_batch: int = TX_BATCH,
-                 rx_batch: int = 0) -> None:
+                 rx_batch: int = 0, serve_batch: int = SERVE_BATCH) -> None:
         """``tx_batch``: frames per ``sendmmsg`` (0: one ``send`` per write);
-        ``rx_batch``: frames per ``recvmmsg`` (0: one ``recv`` per frame).
+        ``rx_batch``: frames per ``recvmmsg`` for ``read()`` (0: one ``recv``
+        per frame); ``serve_batch``: the same for :meth:`serve` (0: one
+        ``recv_into`` per frame).
         """
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # no frames until bound
         try:
@@ -89,8 +98,8 @@ class PacketNet(FdDevice):
             iface.set_up()
             self._mac = iface.mac()
             super().__init__(f"afpacket {ifname}", sock.fileno(), iface=iface, recv=sock.recv,
-                             send=sock.send, sendv=sock.sendmsg, vnet=vnet, ethernet=True,
-                             closer=sock.close, log=log, queue=queue)
+                             recv_into=sock.recv_into, send=sock.send, sendv=sock.sendmsg,
+                             vnet=vnet, ethernet=True, closer=sock.close, log=log, queue=queue)
         except OSError as exc:
             sock.close()
             raise os_error(exc, f"afpacket {ifname}") from None
@@ -99,26 +108,26 @@ class PacketNet(FdDevice):
             raise
         self._sock = sock
         self.promiscuous = promiscuous
-        self._tx_batch = tx_batch
         self._send_many = SendMany(sock.fileno(), tx_batch) if tx_batch > 1 else None
         self._recv_many = RecvMany(sock.fileno(), rx_batch, READ_SIZE) if rx_batch > 1 else None
-        self._pending: list[bytes] = []
-        self._headers: list[bytes] | None = [] if vnet else None
+        self._serve_batch = serve_batch
+        self._serve_many: RecvMany | None = None
+        self._serve_heads: list[memoryview] = []
         self._flush_due = False
 
     # -- batched sending -----------------------------------------------------
 
-    def _emit(self, header: bytes | None, packet: bytes, n: int) -> None:
-        if self._send_many is None:
+    def _emit(self, header: Any, packet: Any, n: int) -> None:
+        send_many = self._send_many
+        if send_many is None:
             super()._emit(header, packet, n)
             return
-        self._pending.append(packet)
-        if self._headers is not None:
-            self._headers.append(header)  # type: ignore[arg-type]
+        # copied into a slot now: the caller may reuse its buffer at once
+        full = send_many.put(header, packet, n)
         stats = self.stats
         stats.tx_packets += 1
         stats.tx_bytes += n
-        if len(self._pending) >= self._tx_batch:
+        if full:
             self._flush()
         elif not self._flush_due:
             try:
@@ -130,27 +139,19 @@ class PacketNet(FdDevice):
     def _flush(self) -> None:
         """Send what waits; what the kernel has no room for is dropped and counted."""
         self._flush_due = False
-        pending, headers = self._pending, self._headers
         send_many = self._send_many
-        while pending and send_many is not None:
+        while send_many is not None and send_many.waiting:
             try:
-                sent = send_many(pending, headers)
+                send_many.send_waiting()
             except OSError as exc:
-                lost = len(pending) if exc.errno in _FULL else 1
-                self._unsend(lost, exc)
-                continue
-            del pending[:sent]
-            if headers is not None:
-                del headers[:sent]
+                lost = send_many.waiting if exc.errno in _FULL else 1
+                self._unsend(send_many, lost, exc)
 
-    def _unsend(self, lost: int, exc: OSError) -> None:
+    def _unsend(self, send_many: SendMany, lost: int, exc: OSError) -> None:
         """Take the first ``lost`` waiting frames back from the counters as dropped."""
         stats = self.stats
         stats.tx_packets -= lost
-        stats.tx_bytes -= sum(map(len, self._pending[:lost]))
-        del self._pending[:lost]
-        if self._headers is not None:
-            del self._headers[:lost]
+        stats.tx_bytes -= send_many.discard(lost)
         stats.dropped += lost - 1
         self._tx_error(exc)
 
@@ -174,6 +175,56 @@ class PacketNet(FdDevice):
             self._rx_error(exc)
         return n, size
 
+    # -- serving: recvmmsg into slots, packets handled where they lie ------------------
+
+    def _serve_setup(self) -> None:
+        if self._serve_batch <= 1:
+            super()._serve_setup()
+        elif self._serve_many is None:
+            many = self._serve_many = RecvMany(self._sock.fileno(), self._serve_batch, READ_SIZE)
+            view, slot = many.view, many.slot
+            self._serve_heads = [view[i * slot:i * slot + 10] for i in range(many.count)]
+
+    def _on_serve(self) -> None:
+        many = self._serve_many
+        if many is None:
+            super()._on_serve()
+            return
+        handler = self._handler
+        if handler is None or self._closed:
+            return
+        receive, count = many.receive, many.count
+        view, slot, lengths, stride, at = many.view, many.slot, many.lengths, many.stride, \
+            many.at
+        heads = self._serve_heads if self._vnet else None
+        total = size = bad = 0
+        try:
+            while total < BURST:
+                n = receive(BURST - total)
+                total += n
+                for i in range(n):
+                    got = lengths[i * stride + at]
+                    base = i * slot
+                    size += got
+                    try:
+                        if heads is None:
+                            handler(view[base:base + got], None)
+                        elif got >= 10:
+                            handler(view[base + 10:base + got], heads[i])
+                        else:
+                            bad += 1
+                    except Exception as exc:  # noqa: BLE001 - a handler bug must not stop reading
+                        self._handler_error(exc)
+                    if self._closed:
+                        break
+                if n < count or self._closed:
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._rx_error(exc)
+        self._received(total, size, bad)
+
     @property
     def mac(self) -> bytes:
         """The interface's MAC address."""
@@ -194,12 +245,11 @@ class PacketNet(FdDevice):
 
     def close(self) -> None:
         """Send what waits, then release the socket. Never raises."""
-        if not self._closed and self._pending:
+        if not self._closed and self._send_many is not None and self._send_many.waiting:
             with contextlib.suppress(Exception):
                 self._flush()
         super().close()
         self._send_many = None
-        self._pending.clear()
 
 
 def connect(ctx: DeviceContext) -> PacketNet:

@@ -21,6 +21,16 @@ plain ``read()`` finishes what the header leaves open in software
 (:func:`~ingot.plugins.netif.offload.complete`) so that it always returns a
 standard packet; plain ``write()`` sends a zero header (nothing to finish).
 
+:meth:`FdDevice.serve` is the forwarder's way in: rather than a queue and
+one ``await`` per packet, the device calls a handler for each packet as it
+reads it, straight from the readiness callback, with views of one receive
+buffer it reads into again and again (``recv_into``): no allocation and no
+copy per packet, and the virtio-net header as its 10 raw bytes, unpacked
+only by whoever needs its fields. The handler may edit the packet in place
+and write it: ``write()``/``write_vnet()`` are done with the buffers they are
+given when they return (:attr:`FdDevice.WRITE_COPIES`), so the same buffer can
+be read into again right after.
+
 Bad input never escapes: a packet that cannot be completed, or one the
 kernel refuses, is dropped and counted (``malformed``, ``errors``), and each
 kind of system-call error is logged once.
@@ -32,13 +42,17 @@ import asyncio
 import errno
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Union
 
 from ingot.log import get as get_logger
 from ingot.signatures import Closed, DeviceError, MessageTooLong
 
-from .linux import ETH_HLEN, NO_OFFLOAD, ZERO_HEADER, Interface, VnetHeader
+from .linux import ETH_HLEN, NO_OFFLOAD, ZERO_HEADER, Interface, VnetHeader, raw_is_gso
 from .offload import complete
+
+Buffer = Union[bytes, bytearray, memoryview]
+Handler = Callable[[memoryview, "memoryview | None"], None]
+"""What :meth:`FdDevice.serve` calls per packet: ``handler(packet, header)``."""
 
 BURST = 64
 """Packets read per readiness callback at most."""
@@ -114,14 +128,18 @@ class Receiver:
             if self._closed:
                 raise Closed(self._what)
             self._listen()
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
+            await self._woken(asyncio.get_running_loop())
         return items.popleft()
+
+    async def _woken(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until :meth:`_wake` (or close) resolves a waiter."""
+        fut = loop.create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -142,21 +160,27 @@ class Receiver:
 class FdDevice(Receiver):
     """A device over one non-blocking fd; see the module docstring.
 
-    ``recv(size)`` reads one packet, ``send(data)`` writes one,
+    ``recv(size)`` reads one packet, ``recv_into(buffer)`` reads one into
+    ``buffer`` and returns its size, ``send(data)`` writes one,
     ``sendv(parts)`` writes one from parts (header and packet); each raises
     ``OSError`` as the system calls do. ``ethernet``: frames with a 14-byte
     header (``net``) rather than IP packets (``tun``).
     """
 
+    WRITE_COPIES = True
+    """``write()``/``write_vnet()`` are done with their buffers when they return."""
+
     def __init__(self, what: str, fd: int, *, iface: Interface, recv: Callable[[int], bytes],
                  send: Callable[[bytes], Any], sendv: Callable[[Any], Any], vnet: bool,
                  ethernet: bool, closer: Callable[[], None], log: Any = None,
-                 queue: int = QUEUE) -> None:
+                 queue: int = QUEUE, recv_into: Callable[[Any], int] | None = None) -> None:
         super().__init__(what, queue)
         self._log = log if log is not None else get_logger("netif")
         self._fd = fd
         self._iface = iface
         self._recv = recv
+        self._recv_into = recv_into
+        self._handler: Handler | None = None
         self._send = send
         self._sendv = sendv
         self._vnet = vnet
@@ -207,12 +231,16 @@ class FdDevice(Receiver):
         loop = asyncio.get_running_loop()
         if loop is self._loop and self._reading:
             return
+        self._read_with(loop, self._on_readable)
+
+    def _read_with(self, loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+        """Watch the fd on ``loop`` with ``callback`` (instead of any earlier watch)."""
         old = self._loop
         if old is not None and self._reading and not old.is_closed():
             old.remove_reader(self._fd)
         self._loop = loop
         self._paused = False
-        loop.add_reader(self._fd, self._on_readable)
+        loop.add_reader(self._fd, callback)
         self._reading = True
 
     def _pause(self) -> None:
@@ -336,6 +364,124 @@ class FdDevice(Receiver):
                 return VnetHeader.unpack(raw), raw[VnetHeader.SIZE:]
             self.stats.malformed += 1
 
+    async def serve(self, handler: Handler) -> None:
+        """Call ``handler(packet, header)`` for every packet as it is read, until
+        the device closes (then ``Closed`` is raised) or the call is cancelled.
+
+        ``packet``: a writable memoryview of the packet as the kernel gave it
+        (as ``read_vnet()`` returns it with ``vnet-hdr`` on, as ``read()``
+        without); ``header``: its 10-byte virtio-net header as a memoryview
+        with ``vnet-hdr`` on (flags at ``header[0]``, the GSO type at
+        ``header[1]``; :meth:`VnetHeader.unpack` for the rest), else None.
+        Both are views of the device's one receive buffer: valid during the
+        call only, overwritten by the next packet. The handler may edit the
+        packet in place and ``write()``/``write_vnet()`` it (to any
+        :class:`FdDevice`, see :attr:`WRITE_COPIES`); whatever it keeps it
+        must copy. An exception from the handler is counted in ``errors``
+        and logged once; the next packet is handed over all the same.
+
+        Up to :data:`BURST` packets per readiness callback; no receive queue
+        (what the handler does not keep up with, the kernel drops and
+        counts). Use either this or ``read()``/``read_vnet()`` on one device,
+        not both at once; packets a read left queued are handed over first.
+        """
+        if self._closed:
+            raise Closed(self._what)
+        if self._handler is not None:
+            raise DeviceError(f"{self._what}: already served")
+        loop = asyncio.get_running_loop()
+        self._serve_setup()
+        self._handler = handler
+        try:
+            while self._items:  # left over from read(): as they were read
+                raw = bytearray(self._items.popleft())
+                if not self._vnet:
+                    self._call(memoryview(raw), None)
+                elif len(raw) >= VnetHeader.SIZE:
+                    view = memoryview(raw)
+                    self._call(view[VnetHeader.SIZE:], view[:VnetHeader.SIZE])
+                else:
+                    self.stats.malformed += 1
+                if self._closed:
+                    raise Closed(self._what)
+            self._ready.clear()
+            self._read_with(loop, self._on_serve)
+            while not self._closed:
+                await self._woken(loop)
+            raise Closed(self._what)
+        finally:
+            self._handler = None
+            if self._reading and self._loop is loop and not loop.is_closed() \
+                    and not self._closed:
+                loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _serve_setup(self) -> None:
+        """Make the receive buffer :meth:`_on_serve` reads into (once)."""
+        if getattr(self, "_rx", None) is None:
+            self._rx = memoryview(bytearray(READ_SIZE))
+            self._rx_head = self._rx[:VnetHeader.SIZE]
+
+    def _call(self, packet: memoryview, header: memoryview | None) -> None:
+        try:
+            self._handler(packet, header)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not stop reading
+            self._handler_error(exc)
+
+    def _on_serve(self) -> None:
+        handler = self._handler
+        if handler is None or self._closed:
+            return
+        rx = self._rx
+        recv_into = self._recv_into
+        if recv_into is None:  # a backend without it: one copy per packet
+            def recv_into(buf: memoryview, recv: Callable[[int], bytes] = self._recv) -> int:
+                data = recv(READ_SIZE)
+                buf[:len(data)] = data
+                return len(data)
+        head = self._rx_head if self._vnet else None
+        n = size = bad = 0
+        try:
+            while n < BURST:
+                got = recv_into(rx)
+                if not got:
+                    break
+                n += 1
+                size += got
+                try:
+                    if head is None:
+                        handler(rx[:got], None)
+                    elif got >= 10:
+                        handler(rx[10:got], head)
+                    else:
+                        bad += 1
+                except Exception as exc:  # noqa: BLE001 - a handler bug must not stop reading
+                    self._handler_error(exc)
+                if self._closed:
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._rx_error(exc)
+        self._received(n, size, bad)
+
+    def _received(self, packets: int, size: int, bad: int) -> None:
+        """Count one batch that :meth:`serve` handed over."""
+        stats = self.stats
+        stats.rx_packets += packets
+        stats.rx_bytes += size
+        if bad:
+            stats.malformed += bad
+
+    def _handler_error(self, exc: Exception) -> None:
+        self.stats.errors += 1
+        key = ("handler failed", 0)
+        if key not in self._logged:
+            self._logged.add(key)
+            self._log.warning("packet handler failed", device=self._what,
+                              error=f"{type(exc).__name__}: {exc}",
+                              note="logged once; counted in errors")
+
     # -- sending ---------------------------------------------------------------
 
     def write(self, packet: bytes) -> None:
@@ -346,16 +492,28 @@ class FdDevice(Receiver):
         """
         self._emit(ZERO_HEADER if self._vnet else None, packet, self._admit(packet, False))
 
-    def write_vnet(self, header: VnetHeader, packet: bytes) -> None:
+    def write_vnet(self, header: VnetHeader | Buffer, packet: Buffer) -> None:
         """Send one packet with its virtio-net header, e.g. a GSO super-packet.
 
-        The kernel finishes what the header leaves open (segments, checksums)
-        where needed. Only with ``vnet-hdr`` on. Raises ``MessageTooLong``
-        above 65535 bytes of IP (GSO) or the MTU (otherwise).
+        ``header``: a :class:`VnetHeader`, or one packed (its 10 bytes, as
+        :meth:`serve` hands it over). The kernel finishes what the header
+        leaves open (segments, checksums) where needed. Only with
+        ``vnet-hdr`` on. Raises ``MessageTooLong`` above 65535 bytes of IP
+        (GSO) or the MTU (otherwise).
         """
-        self._need_vnet()
-        n = self._admit(packet, header.is_gso)
-        self._emit(ZERO_HEADER if header is NO_OFFLOAD else header.pack(), packet, n)
+        if not self._vnet:
+            self._need_vnet()
+        if isinstance(header, VnetHeader):
+            n = self._admit(packet, header.is_gso)
+            self._emit(ZERO_HEADER if header is NO_OFFLOAD else header.pack(), packet, n)
+            return
+        if len(header) != 10:  # type: ignore[arg-type]
+            raise ValueError(f"a packed virtio-net header is {VnetHeader.SIZE} bytes, "
+                             f"got {len(header)}")  # type: ignore[arg-type]
+        n = len(packet)
+        if self._closed or n > self._tx_limit:  # else fine, GSO or not
+            n = self._admit(packet, raw_is_gso(header))
+        self._emit(header, packet, n)
 
     def _admit(self, packet: bytes, gso: bool) -> int:
         """The size of ``packet``, once it may be sent (else ``Closed``, ``MessageTooLong``)."""
@@ -367,7 +525,7 @@ class FdDevice(Receiver):
             raise MessageTooLong(n, limit if gso else self._tx_limit)
         return n
 
-    def _emit(self, header: bytes | None, packet: bytes, n: int) -> None:
+    def _emit(self, header: Buffer | None, packet: Buffer, n: int) -> None:
         """Hand one packet (after ``header`` when given) to the kernel now."""
         try:
             if header is None:

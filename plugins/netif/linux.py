@@ -110,13 +110,23 @@ class VnetHeader:
 
     @classmethod
     def unpack(cls, data: bytes | bytearray | memoryview) -> VnetHeader:
-        """The header from the first 10 bytes of ``data`` (``ValueError`` if shorter)."""
-        head = bytes(data[:cls.SIZE])
+        """The header from the first 10 bytes of ``data`` (``ValueError`` if shorter).
+
+        Headers are immutable and a flow's super-packets carry the same one,
+        so recent ones are kept and handed out again (:data:`_SEEN`) rather
+        than built per packet.
+        """
+        head = bytes(data[:10])
+        found = _SEEN.get(head)
+        if found is not None:
+            return found
         if len(head) < cls.SIZE:
             raise ValueError(f"a virtio-net header is {cls.SIZE} bytes, got {len(head)}")
-        if head == _ZERO:
-            return NO_OFFLOAD
-        return cls(*cls._STRUCT.unpack(head))
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+            _SEEN[_ZERO] = NO_OFFLOAD
+        found = _SEEN[head] = cls(*cls._STRUCT.unpack(head))
+        return found
 
     def pack(self, size: int = 10) -> bytes:
         """The 10-byte form, or the 12-byte one (``num_buffers`` 0) with ``size=12``."""
@@ -135,9 +145,17 @@ class VnetHeader:
         return self.gso_type & ~GSO_ECN != GSO_NONE
 
 
+def raw_is_gso(raw: bytes | bytearray | memoryview) -> bool:
+    """:attr:`VnetHeader.is_gso` of a packed header, without unpacking it."""
+    return raw[1] & ~GSO_ECN & 0xFF != GSO_NONE
+
+
 _ZERO = bytes(VnetHeader.SIZE)
 NO_OFFLOAD = VnetHeader()
 """The header of a finished, standard packet (all zero)."""
+_SEEN: dict[bytes, VnetHeader] = {_ZERO: NO_OFFLOAD}
+"""Headers unpacked lately, by their 10 bytes (emptied when it reaches :data:`_SEEN_MAX`)."""
+_SEEN_MAX = 256
 ZERO_HEADER = _ZERO
 """:data:`NO_OFFLOAD` packed."""
 

@@ -84,6 +84,8 @@ class MemoryPort(Receiver):
     """One port of a :class:`Segment` (the part ``net`` and ``tun`` ports share)."""
 
     HEADER = 0
+    WRITE_COPIES = True
+    """``write()`` keeps a copy of what it is given, never the caller's buffer."""
 
     def __init__(self, seg: Segment, mtu: int, queue: int) -> None:
         super().__init__(f"memory {seg.kind} port on {seg.name!r}", queue)

@@ -38,6 +38,10 @@ from .linux import (
 )
 
 
+def _read_into(fd: int, buffer: memoryview) -> int:
+    return os.readv(fd, (buffer,))
+
+
 class TunTap(FdDevice):
     """A tun (or, in :class:`~ingot.plugins.netif.tap.TapNet`, tap) interface."""
 
@@ -57,6 +61,7 @@ class TunTap(FdDevice):
             iface.set_up()
             super().__init__(f"{self.KIND} {name}", fd, iface=iface,
                              recv=functools.partial(os.read, fd),
+                             recv_into=functools.partial(_read_into, fd),
                              send=functools.partial(os.write, fd),
                              sendv=functools.partial(os.writev, fd),
                              vnet=vnet, ethernet=self.ETHERNET,

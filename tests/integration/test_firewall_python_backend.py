@@ -325,6 +325,81 @@ def test_a_gso_super_packet_crosses_once_and_is_finished_for_a_plain_uplink():
     asyncio.run(main())
 
 
+class ServedClient:
+    """A client device with ``serve``: each frame is handed over as a view of one
+    receive buffer, which is overwritten as soon as the handler returns (as the
+    packet socket's ring is read into again)."""
+
+    vnet = True
+    WRITE_COPIES = True
+
+    def __init__(self) -> None:
+        self.mac = bytes.fromhex("fe0000000b0c")
+        self.handler = None
+        self.buf = bytearray(2048)
+        self.written: list[bytes] = []
+        self._closed = asyncio.Event()
+
+    async def serve(self, handler):
+        self.handler = handler
+        await self._closed.wait()
+        raise Closed("test")
+
+    def push(self, frame: bytes) -> None:
+        n = 10 + len(frame)
+        self.buf[:n] = bytes(10) + frame
+        view = memoryview(self.buf)
+        self.handler(view[10:n], view[:10])
+        self.buf[:] = b"\xaa" * len(self.buf)
+
+    def write(self, frame):
+        self.written.append(bytes(frame))
+
+    def write_vnet(self, header, frame):
+        self.written.append(bytes(frame))
+
+    def stats_dict(self):
+        return {"rx_packets": 0}
+
+    def close(self):
+        self._closed.set()
+
+
+def test_frames_held_for_arp_survive_their_receive_buffer_being_reused():
+    async def main():
+        rig = Rig()
+        await rig.fw.start(SETUP)  # the gateway's ARP is not answered yet
+        dev = ServedClient()
+        rig.fw._open = lambda ifname: dev
+        await rig.fw.attach(CLIENT, "served")
+        rig.fw.set_rules(RULES)
+        for _ in range(100):
+            if dev.handler is not None:
+                break
+            await asyncio.sleep(0.01)
+        dev.push(F.arp_request(C_MAC, CLIENT, "10.137.0.1"))
+        syns = []
+        for port in (40001, 40002, 40003):
+            seg = struct.pack("!HHIIBBHHH", port, 80, 1000, 0, 5 << 4, 0x02, 65535, 0, 0)
+            pseudo = F.pseudo_header(CLIENT, "10.200.0.1", F.PROTO_TCP, len(seg))
+            seg = seg[:16] + struct.pack("!H", F.inet_checksum(pseudo + seg)) + seg[18:]
+            syns.append(F.ipv4(CLIENT, "10.200.0.1", F.PROTO_TCP, seg))
+            dev.push(F.ethernet(dev.mac, C_MAC, F.ETH_IPV4, syns[-1]))
+        try:
+            req = await read_until(rig.gw, lambda f: is_arp(f) and arp.parse(f[14:]).op == 1
+                                   and arp.parse(f[14:]).tpa == F.ip4("10.200.0.1"))
+            req = arp.parse(req[14:])
+            rig.gw.write(arp.reply_frame(GW_MAC, req.tpa, req.sha, req.spa))
+            out = [ip_of(await read_until(rig.gw, is_ip)) for _ in syns]
+        finally:
+            rig.close()
+        for sent, got in zip(syns, out):
+            assert got[12:16] == F.ip4("10.200.0.2")  # masqueraded
+            assert F.ipv4_header_ok(got) and F.l4_checksum_ok(got), got.hex()
+            assert got[20:22] == sent[20:22] and got[40:] == sent[40:]  # the held bytes
+    asyncio.run(main())
+
+
 # -- network namespaces ----------------------------------------------------------------
 
 

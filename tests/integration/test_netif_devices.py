@@ -20,7 +20,7 @@ from ingot.log import Logger, Sink
 from ingot.plugins.netif import afpacket, tap, tun
 from ingot.plugins.netif.linux import GSO_TCPV4
 from ingot.registry import DeviceContext
-from ingot.signatures import DeviceError, MessageTooLong
+from ingot.signatures import Closed, DeviceError, MessageTooLong
 from ingot.testing import frames as F
 from ingot.testing.devices import check_closing
 
@@ -326,3 +326,132 @@ def test_tun_gets_what_the_kernel_routes_to_it_and_delivers_what_it_writes(netns
     finally:
         dev.close()
     assert "tun0" not in host.ip("link", "show")
+
+
+# --------------------------------------------------------------------------
+# serve(): packets handed over in place
+
+
+@pytest.mark.parametrize("serve_batch", [0, 16])
+def test_afpacket_serve_hands_frames_over_in_place(netns, serve_batch):
+    """Every frame, in order, as a view of the receive buffer; a failing handler
+    is counted; cancelling ends it and read() takes over; closing raises Closed."""
+    a, b = netns(), netns()
+    a.link(b, None, None)
+    with a.entered():
+        sender = afpacket.PacketNet("eth0")
+    with b.entered():
+        receiver = afpacket.PacketNet("eth0", promiscuous=True, serve_batch=serve_batch)
+    sent = [F.ethernet("02:00:00:00:00:99", sender.mac, 0x88B5, struct.pack("!I", i) + bytes(50))
+            for i in range(300)]
+    got, heads, kinds, failed = [], [], set(), []
+
+    def handler(frame, header):
+        kinds.add((type(frame), type(header), frame.readonly))
+        if frame[12:14] != b"\x88\xb5":
+            return
+        if len(got) == 5 and not failed:
+            failed.append(bytes(frame))
+            raise RuntimeError("a handler bug")
+        got.append(bytes(frame))
+        heads.append(bytes(header))
+
+    async def main():
+        serving = asyncio.ensure_future(receiver.serve(handler))
+        await asyncio.sleep(0.1)
+        for frame in sent:
+            sender.write(frame)
+        async with asyncio.timeout(5):
+            while len(got) < len(sent) - 1:
+                await asyncio.sleep(0.01)
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        sender.write(sent[0])  # read() works again once serving ended
+        assert await read_until(receiver, lambda f: f[12:14] == b"\x88\xb5") == sent[0]
+        serving = asyncio.ensure_future(receiver.serve(handler))
+        await asyncio.sleep(0.05)
+        receiver.close()
+        with pytest.raises(Closed):
+            await serving
+
+    try:
+        run(main())
+        assert got == sent[:5] + sent[6:]  # the frame the handler failed on is gone
+        assert set(heads) == {bytes(10)}  # finished frames: an all-zero header
+        assert kinds == {(memoryview, memoryview, False)}
+        assert receiver.stats.errors == 1 and receiver.stats.rx_packets >= 300
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_serve_edits_and_writes_back_where_the_frame_lies(netns):
+    """A handler rewrites each frame in place and writes it out of another device
+    (the packed header passed on): what arrives is the edited frame, and the
+    receive buffer may be overwritten at once (write copies)."""
+    a, b, c = netns(), netns(), netns()
+    a.link(b, None, None)
+    b.link(c, None, None)  # b: eth0 towards a, eth1 towards c
+    with a.entered():
+        sender = afpacket.PacketNet("eth0")
+    with b.entered():
+        middle_in = afpacket.PacketNet("eth0", promiscuous=True)
+        middle_out = afpacket.PacketNet("eth1")
+    with c.entered():
+        sink = afpacket.PacketNet("eth0", promiscuous=True)
+    sent = [F.ethernet("02:00:00:00:00:99", sender.mac, 0x88B5, struct.pack("!I", i) + bytes(50))
+            for i in range(100)]
+
+    def handler(frame, header):
+        if frame[12:14] == b"\x88\xb5":
+            frame[14] = 0xEE  # edited in place
+            middle_out.write_vnet(header, frame)
+            frame[15:20] = b"\xff" * 5  # too late to matter: write_vnet copied it
+
+    async def main():
+        serving = asyncio.ensure_future(middle_in.serve(handler))
+        await asyncio.sleep(0.1)
+        for frame in sent:
+            sender.write(frame)
+        out = []
+        async with asyncio.timeout(5):
+            while len(out) < len(sent):
+                frame = await sink.read()
+                if frame[12:14] == b"\x88\xb5":
+                    out.append(frame)
+        serving.cancel()
+        return out
+
+    try:
+        out = run(main())
+        assert out == [f[:14] + b"\xee" + f[15:] for f in sent]
+    finally:
+        for dev in (sender, middle_in, middle_out, sink):
+            dev.close()
+
+
+def test_send_many_put_copies_at_once_and_sends_in_order():
+    from ingot.plugins.netif.batch import SendMany
+
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        many = SendMany(left.fileno(), 4, 128)
+        buf = bytearray(b"one")
+        assert not many.put(b"H:", buf, 3)
+        buf[:] = b"xxx"  # the caller's buffer is free again once put returns
+        assert not many.put(None, memoryview(b"two"), 3)
+        assert not many.put(b"H:", b"three", 5)
+        assert many.waiting == 3 and many.discard(1) == 3 and many.waiting == 2
+        assert many.send_waiting() == 2 and many.waiting == 0
+        assert [right.recv(128) for _ in range(2)] == [b"two", b"H:three"]
+        for i in range(3):
+            assert not many.put(None, bytes([i]), 1)
+        assert many.put(None, b"\x03", 1)  # the fourth: every slot taken
+        assert many.send_waiting() == 4
+        assert [right.recv(128) for _ in range(4)] == [b"\x00", b"\x01", b"\x02", b"\x03"]
+        assert many([b"a", b"b"]) == 2  # the one-call form still works
+        assert [right.recv(128) for _ in range(2)] == [b"a", b"b"]
+    finally:
+        left.close()
+        right.close()
