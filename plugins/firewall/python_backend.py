@@ -85,17 +85,23 @@ class _Iface:
     ``copies``: the device is done with a frame when ``write()`` returns
     (:attr:`~ingot.plugins.netif.device.FdDevice.WRITE_COPIES`), so a frame
     still in another device's receive buffer may be handed to it as it is.
+    ``ifname``: the interface's name on the host; ``host``: for a client's
+    IPv6 address that shares the device of its IPv4 address (one VM, one
+    interface), that IPv4 address (no reading, no device of its own).
     """
 
-    __slots__ = ("name", "dev", "vnet", "task", "owned", "copies")
+    __slots__ = ("name", "dev", "vnet", "task", "owned", "copies", "ifname", "host")
 
-    def __init__(self, name: str, dev: Any, owned: bool) -> None:
+    def __init__(self, name: str, dev: Any, owned: bool, ifname: str = "",
+                 host: str | None = None) -> None:
         self.name = name
         self.dev = dev
         self.vnet = bool(getattr(dev, "vnet", False))
         self.task: asyncio.Task[None] | None = None
         self.owned = owned
         self.copies = getattr(dev, "WRITE_COPIES", False) is True
+        self.ifname = ifname
+        self.host = host
 
 
 class PythonFilter:
@@ -160,17 +166,37 @@ class PythonFilter:
         """Open ``ifname`` for the client ``client_ip`` and start reading it.
 
         Attaching an attached client moves it to ``ifname``: its connections
-        are forgotten, its rules kept.
+        are forgotten, its rules kept. A VM's IPv4 and IPv6 addresses on one
+        interface share one device (each frame is read once): the IPv6
+        address rides on the IPv4 address's device, whichever was attached
+        first.
         """
+        self._attach(client_ip, ifname)
+
+    def _attach(self, client_ip: str, ifname: str) -> None:
         if self.engine is None or self.l2 is None:
             raise DeviceError("attach before start")
         if client_ip == UPLINK:
             raise DeviceError(f"{client_ip!r} is not a client address")
         if client_ip in self._ifaces:
-            rules = self._rules.get(client_ip)
-            self.detach(client_ip)
-            if rules is not None:
-                self.set_rules(rules)
+            self._keeping_rules(client_ip, self.detach)
+        v6 = ":" in client_ip
+        same = [i for i in self._ifaces.values()
+                if i.ifname == ifname and i.host is None and (":" in i.name) != v6]
+        if same and not v6:  # its IPv6 address came first: it moves onto this device
+            self._keeping_rules(same[0].name, self.detach)
+        if same and v6:
+            host = same[0]
+            try:
+                self.engine.attach(client_ip)
+                self.l2.attach(client_ip, host.dev.mac, iface=host.name)
+            except Exception as exc:
+                raise DeviceError(f"client {client_ip} on {ifname}: {exc}") from None
+            self._ifaces[client_ip] = _Iface(client_ip, host.dev, owned=False, ifname=ifname,
+                                             host=host.name)
+            self.log.info("client address added to an interface", client=client_ip,
+                          ifname=ifname, shares_with=host.name)
+            return
         dev = self._open(ifname)
         try:
             self.engine.attach(client_ip)
@@ -178,10 +204,18 @@ class PythonFilter:
         except Exception as exc:
             dev.close()
             raise DeviceError(f"client {client_ip} on {ifname}: {exc}") from None
-        iface = self._ifaces[client_ip] = _Iface(client_ip, dev, owned=True)
+        iface = self._ifaces[client_ip] = _Iface(client_ip, dev, owned=True, ifname=ifname)
         iface.task = asyncio.get_running_loop().create_task(self._read_loop(iface))
         self.log.info("client interface opened", client=client_ip, ifname=ifname,
                       backend=self.client_backend, mac=dev.mac.hex(":"), vnet_hdr=iface.vnet)
+        if same:
+            self._keeping_rules(same[0].name, lambda ip: self._attach(ip, ifname))
+
+    def _keeping_rules(self, client_ip: str, step: Callable[[str], None]) -> None:
+        rules = self._rules.get(client_ip)
+        step(client_ip)
+        if rules is not None:
+            self.set_rules(rules)
 
     def _open(self, ifname: str) -> Any:
         if self.client_backend == "memory":
@@ -193,9 +227,12 @@ class PythonFilter:
         return PacketNet(ifname, vnet=self.client_vnet, log=self.log)
 
     def detach(self, client_ip: str) -> None:
-        """Forget a client, its rules, its connections and its interface. Never raises."""
+        """Forget a client, its rules, its connections and its interface. Never raises.
+
+        An IPv6 address that shared the client's device gets one of its own."""
         try:
             iface = self._ifaces.pop(client_ip, None) if client_ip != UPLINK else None
+            riders = [i for i in self._ifaces.values() if i.host == client_ip]
             self._rules.pop(client_ip, None)
             if self.engine is not None:
                 with contextlib.suppress(Exception):
@@ -206,7 +243,15 @@ class PythonFilter:
                         self._drop(ev.iface, ev.reason)
             if iface is not None:
                 self._retire(iface)
-                self.log.info("client interface closed", client=client_ip)
+                if iface.host is None:
+                    self.log.info("client interface closed", client=client_ip)
+            for rider in riders:
+                self._keeping_rules(rider.name, self.detach)
+                try:
+                    self._keeping_rules(rider.name, lambda ip: self._attach(ip, rider.ifname))
+                except DeviceError as exc:  # the interface went with the VM
+                    self.log.info("client address detached with its interface",
+                                  client=rider.name, reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - detach never raises
             self.log.error("detach failed", client=client_ip, error=f"{type(exc).__name__}: "
                            f"{exc}")
@@ -245,6 +290,8 @@ class PythonFilter:
 
     @staticmethod
     def _dev_stats(iface: _Iface) -> dict[str, int]:
+        if iface.host is not None:  # the device is counted under its IPv4 address
+            return {}
         stats = iface.dev.stats_dict() if hasattr(iface.dev, "stats_dict") else {}
         return {f"dev.{iface.name}.{k}": v for k, v in stats.items()}
 
@@ -391,6 +438,7 @@ class PythonFilter:
         engine = self.engine
         for ev in events:
             if type(ev) is Deliver:
+                name = ev.ingress  # the device's, or the IPv6 address riding on it
                 verdict = engine.handle(now, name, ev.packet, partial_csum=partial,  # type: ignore
                                         in_place=True)
                 if type(verdict) is Forward:

@@ -325,6 +325,58 @@ def test_a_gso_super_packet_crosses_once_and_is_finished_for_a_plain_uplink():
     asyncio.run(main())
 
 
+SETUP6 = FilterSetup(uplink_ip="10.200.0.2", uplink_gateway="10.200.0.1",
+                     client_gateway="10.137.0.1", uplink_prefix=24, uplink_ip6="fd00:200::2",
+                     uplink_gateway6="fd00:200::1", client_gateway6="fd09:24ef:4179::1")
+CLIENT6 = "fd09:24ef:4179::a89:b"
+
+
+def test_a_dual_stack_vm_has_one_device_for_both_addresses():
+    from ingot.plugins.netstack import ipv6, ndp, udp
+
+    def is_ip6(frame):
+        return frame[12:14] == b"\x86\xdd" and not ndp.is_nd(frame[14:])
+
+    async def main():
+        rig = Rig()
+        await rig.fw.start(SETUP6)
+        for rules in (RULES, ClientRules(client=CLIENT6, rules=(), policy="accept")):
+            rig.fw.set_rules(rules)
+        ns = await read_until(rig.gw, lambda f: f[12:14] == b"\x86\xdd" and ndp.is_nd(f[14:])
+                              and f[14 + 40] == 135)  # the gateway is asked for
+        rig.gw.write(ndp.advertisement_frame(GW_MAC, ipv6.addr("fd00:200::1"), rig.uplink.mac,
+                                             ipv6.addr("fd00:200::2")))
+        order = [(CLIENT, CLIENT6), (CLIENT6, CLIENT)]
+        try:
+            for first, second in order:
+                await rig.fw.attach(first, rig.client_seg_name)
+                await rig.fw.attach(second, rig.client_seg_name)
+                reading = {i.name for i in rig.fw._ifaces.values() if i.task is not None}
+                assert reading == {"uplink", CLIENT}, reading  # one device, the IPv4 address's
+                assert rig.fw._ifaces[CLIENT6].dev is rig.fw._ifaces[CLIENT].dev
+                fw_mac = rig.fw._ifaces[CLIENT].dev.mac
+                for _ in range(2):
+                    src, dst = ipv6.addr(CLIENT6), ipv6.addr("fd00:7::7")
+                    pkt = ipv6.build(src, dst, 17, udp.build(4000, 53, b"six", src, dst))
+                    rig.client.write(F.ethernet(fw_mac, C_MAC, 0x86DD, pkt))
+                    out = ipv6.parse((await read_until(rig.gw, is_ip6))[14:])
+                    assert out.src == ipv6.addr("fd00:200::2")  # masqueraded
+                    if second == CLIENT6:
+                        break
+                    # the IPv4 address goes: the IPv6 one gets a device of its own, keeps working
+                    rig.fw.detach(CLIENT)
+                    assert CLIENT6 in rig.fw._ifaces and rig.fw._ifaces[CLIENT6].host is None
+                    fw_mac = rig.fw._ifaces[CLIENT6].dev.mac
+                rig.fw.detach(CLIENT)
+                rig.fw.detach(CLIENT6)
+                rig.fw.set_rules(RULES)
+                rig.fw.set_rules(ClientRules(client=CLIENT6, rules=(), policy="accept"))
+            assert rig.fw.stats().get("l2.ipv6_no_client", 0) == 0
+        finally:
+            rig.close()
+    asyncio.run(main())
+
+
 class ServedClient:
     """A client device with ``serve``: each frame is handed over as a view of one
     receive buffer, which is overwritten as soon as the handler returns (as the
