@@ -382,8 +382,13 @@ def _dispatch(state: ServerState, now_ns: int, proto: str, src: tuple[str, int],
         if state.xfr_handler is None:
             return state, [error_reply(query, REFUSED)], []
         return state.xfr_handler(state, now_ns, proto, src, data, query)
-    if plain is None and query.arcount and tsig.find_tsig(data) is not None:
-        return state, _signed_answer(state, now_ns, proto, data), []
+    if plain is None and query.arcount:
+        try:
+            signed = tsig.find_tsig(data) is not None
+        except tsig.TsigError:  # a malformed TSIG record (RFC 8945 5.2: FORMERR)
+            return state, [error_reply(query, FORMERR)], []
+        if signed:
+            return state, _signed_answer(state, now_ns, proto, data), []
     reply = _answer(state, query, proto == "tcp")
     if plain is not None:
         if len(state.cache) >= CACHE_LIMIT:

@@ -370,3 +370,11 @@ def test_signed_query_failures_answer_notauth_with_the_tsig_error():
         r = DNSRecord.parse(replies[0])
         assert r.header.rcode == 9 and not r.rr  # NOTAUTH
         assert tsig.find_tsig(replies[0]).error == error
+
+
+def test_a_malformed_tsig_record_is_formerr_not_servfail():
+    # the OPT record's type turned into TSIG (250), its class is then not ANY
+    raw = (b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x01\x03www\x07example\x03com\x00"
+           b"\x00\x01\x00\x01\x00\x00\xfa\x02\x00\x00\x00\x00\x00\x00\x00")
+    _, replies, _ = handle(STATE, 0, "udp", ("::1", 1), raw)
+    assert [rcode(r) for r in replies] == [FORMERR]
