@@ -157,13 +157,9 @@ def roots_of(plan: Plan) -> list[str]:
     return list(dict.fromkeys(roots))
 
 
-def build(plan: Plan, out_dir: Path, *,
-          progress: Callable[[str], None] | None = None) -> BuildResult:
-    """Build ``plan`` into ``out_dir``; see the module docstring."""
-    say = progress or (lambda _msg: None)
-    if plan.target != "unix":
-        raise BuildError(f"target {plan.target!r} cannot be built yet",
-                         hint="build with --target unix")
+def prepare(plan: Plan, say: Callable[[str], None], *, include_stdlib: bool = False,
+            extra_roots: tuple[str, ...] = ()) -> tuple[object, closure_mod.Closure, ImageWriter]:
+    """Steps 1-3 of every build: plugins, the import closure, the plugins' data."""
     if plan.path_entry and plan.path_entry not in sys.path:
         sys.path.insert(0, plan.path_entry)
     say("[1/4] loading plugins")
@@ -174,17 +170,33 @@ def build(plan: Plan, out_dir: Path, *,
             raise BuildError(f"plugin {name!r} ({module}) of the plan is not installed",
                              hint="install it, or run 'ingot configure' again")
     say("[2/4] finding the import closure")
-    roots = roots_of(plan)
+    roots = roots_of(plan) + [r for r in extra_roots if r not in roots_of(plan)]
     for root in roots:
         if closure_mod._find(root) is None:
             raise BuildError(f"module {root!r} needed by the plan cannot be found",
                              hint="is the appliance or plugin installed?")
-    clo = closure_mod.compute(roots)
+    clo = closure_mod.compute(roots, include_stdlib=include_stdlib)
     say(f"      {len(clo.modules)} modules, {len(clo.native)} native packages, "
         f"{len(clo.stdlib)} standard-library packages used")
     say("[3/4] collecting data")
     writer = ImageWriter()
-    pm.hook.ingot_image_collect(plan=plan, image=writer)
+    pm.hook.ingot_image_collect(plan=plan, image=writer)  # type: ignore[attr-defined]
+    return pm, clo, writer
+
+
+def build(plan: Plan, out_dir: Path, *,
+          progress: Callable[[str], None] | None = None,
+          kernel: str = "debian") -> BuildResult:
+    """Build ``plan`` into ``out_dir``; see the module docstring.
+
+    ``kernel`` (``debian`` or ``minimal``) matters on the ``vm`` and ``qubes``
+    targets only (:mod:`ingot.kernel`).
+    """
+    say = progress or (lambda _msg: None)
+    if plan.target != "unix":
+        from .vmimage import build_target
+        return build_target(plan, out_dir, kernel=kernel, progress=say)
+    _pm, clo, writer = prepare(plan, say)
 
     say("[4/4] writing the image")
     entries: dict[str, tuple[bytes, str, str]] = {}  # path -> (bytes, kind, module)

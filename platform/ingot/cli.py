@@ -1,4 +1,4 @@
-"""The ``ingot`` command: configure, build, run, inspect, plugins.
+"""The ``ingot`` command: configure, build, run, inspect, plugins, keygen, sign, verify.
 
 Errors are one line (``ingot: error: ...``) plus a hint, never a traceback,
 unless ``--debug`` (or ``INGOT_DEBUG=1``) is given.
@@ -83,7 +83,7 @@ def cmd_build(args: argparse.Namespace, extra: list[str]) -> int:
     path = _plan_path(args)
     plan = Plan.from_toml(path.read_text(), str(path))
     _progress(f"building {plan.image_name} from {path}")
-    result = build(plan, Path(args.output_dir), progress=_progress)
+    result = build(plan, Path(args.output_dir), progress=_progress, kernel=args.kernel)
     print(f"wrote {result.image} ({result.size / 1024:.1f} KiB, {result.files} files)")
     print(f"wrote {result.contents}")
     return 0
@@ -114,14 +114,25 @@ def _read_image(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def cmd_inspect(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sign import signature_state
+
     path = Path(args.image)
+    if path.is_dir():  # a vm or qubes image folder: only its signature state so far
+        state = signature_state(path)
+        if args.json:
+            print(json.dumps({"image": str(path), "signature": state}, indent=1))
+        else:
+            print(f"image     {path} (folder)")
+            print(f"signature: {state}")
+        return 0
     plan, contents = _read_image(path)
     size = path.stat().st_size
     if args.json:
-        print(json.dumps({"plan": plan, "contents": contents, "size": size}, indent=1,
-                         sort_keys=True))
+        print(json.dumps({"plan": plan, "contents": contents, "size": size,
+                          "signature": signature_state(path)}, indent=1, sort_keys=True))
         return 0
     print(f"image     {path} ({size / 1024:.1f} KiB)")
+    print(f"signature: {signature_state(path)}")
     print(f"appliance {plan['appliance']} ({plan['main']}), target {plan['target']}, "
           f"python {plan['python']}, ingot {plan['ingot']}")
     print("devices:")
@@ -158,6 +169,32 @@ def cmd_inspect(args: argparse.Namespace, extra: list[str]) -> int:
     if args.files:
         for f in files:
             print(f"  {f['sha256'][:16]} {f['size']:>9} {f['path']}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sign import generate_key
+
+    pair = generate_key(args.path, force=args.force)
+    print(f"wrote {pair.private} (private key: keep it secret, mode 0600)")
+    print(f"wrote {pair.public} (public key {pair.key_id}: give it to who verifies)")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sign import sign
+
+    sig = sign(args.image, args.key)
+    env = json.loads(sig.read_text())
+    print(f"wrote {sig} (key {env['key_id']}, {len(env['statement']['files'])} files)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, extra: list[str]) -> int:
+    from .sign import verify
+
+    result = verify(args.image, args.key)
+    print(f"signature good: key {result.key_id}, {result.files} files")
     return 0
 
 
@@ -204,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("appliance", metavar="APPLIANCE_DIR", nargs="?")
     b.add_argument("--build-dir", default=str(BUILD_DIR))
     b.add_argument("--output-dir", "-o", default=str(IMAGES_DIR), help="where images go")
+    b.add_argument("--kernel", default="debian", choices=("debian", "minimal"),
+                   help="vm and qubes targets: Debian's cloud kernel (default) or a minimal "
+                        "one built from linux-source-6.1")
     b.set_defaults(func=cmd_build, extra_ok=False)
 
     r = sub.add_parser("run", help="run an image (further options are its runtime keys)")
@@ -215,6 +255,28 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--files", action="store_true", help="list every file")
     i.set_defaults(func=cmd_inspect, extra_ok=False)
+
+    k = sub.add_parser("keygen", help="make an Ed25519 key pair for signing images",
+                       description="Write a private key to PATH (mode 0600) and its public "
+                       "key to PATH.pub.")
+    k.add_argument("path", metavar="PATH")
+    k.add_argument("--force", action="store_true", help="replace an existing key")
+    k.set_defaults(func=cmd_keygen, extra_ok=False)
+
+    s = sub.add_parser("sign", help="sign an image (a file or a folder)",
+                       description="Write IMAGE.sig (or IMAGE/signature.json for a folder) "
+                       "over the image and its contents listing.")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("--key", required=True, metavar="PRIVATE", help="private key file")
+    s.set_defaults(func=cmd_sign, extra_ok=False)
+
+    v = sub.add_parser("verify", help="check an image's signature with a trusted public key",
+                       description="Exit 0 when IMAGE is signed by a trusted key and no "
+                       "file changed since; 1 with the reason otherwise.")
+    v.add_argument("image", metavar="IMAGE")
+    v.add_argument("--key", required=True, action="append", metavar="PUBLIC",
+                   help="trusted public key file (repeat to trust several)")
+    v.set_defaults(func=cmd_verify, extra_ok=False)
 
     pl = sub.add_parser("plugins", help="list installed plugins and what they provide")
     pl.set_defaults(func=cmd_plugins, extra_ok=False)

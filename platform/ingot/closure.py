@@ -60,6 +60,28 @@ class Closure:
         return out
 
 
+STDLIB_NEVER = frozenset({
+    "tkinter", "_tkinter", "idlelib", "turtle", "turtledemo", "test", "unittest", "doctest",
+    "pdb", "pydoc", "pydoc_data", "lib2to3", "ensurepip", "venv", "distutils", "curses",
+    "_curses", "readline", "rlcompleter", "sqlite3", "_sqlite3", "tracemalloc", "cProfile",
+    "profile", "pstats", "timeit", "trace", "code", "codeop", "xmlrpc", "webbrowser",
+    "http.server", "pydoc_data", "msilib", "winreg", "_winapi", "nt", "_msi", "mailbox",
+})
+"""Standard-library modules an image that holds the standard library (the VM
+targets) never takes: development and desktop tools, reachable only through
+imports inside functions of modules an appliance uses."""
+
+
+STDLIB_ALSO: dict[str, tuple[str, ...]] = {
+    "hashlib": ("_md5", "_sha1", "_sha256", "_sha512", "_sha3", "_blake2"),
+    "socket": ("encodings.idna",),
+}
+"""What standard-library modules load without an import statement that the
+closure could read: hashlib's built-in hashes (imported inside a function
+when OpenSSL lacks one), the codec by which ``socket.getaddrinfo`` encodes
+host names (looked up by name in C)."""
+
+
 def is_stdlib(name: str) -> bool:
     return name.split(".")[0] in sys.stdlib_module_names
 
@@ -78,8 +100,13 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def imports_of(source: str, module: str, is_package: bool) -> tuple[set[str], set[str]]:
-    """Names a module imports: (certain modules, candidates that may be attributes)."""
+def imports_of(source: str, module: str, is_package: bool, *,
+               top_level_only: bool = False) -> tuple[set[str], set[str]]:
+    """Names a module imports: (certain modules, candidates that may be attributes).
+
+    ``top_level_only`` leaves out imports inside function bodies (those run
+    only when the function is called).
+    """
     tree = ast.parse(source)
     sure: set[str] = set()
     maybe: set[str] = set()
@@ -87,6 +114,9 @@ def imports_of(source: str, module: str, is_package: bool) -> tuple[set[str], se
 
     def walk(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
+            if top_level_only and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                     ast.Lambda)):
+                continue
             if isinstance(child, ast.If) and _is_type_checking(child.test):
                 for sub in child.orelse:
                     walk_stmt(sub)
@@ -146,7 +176,8 @@ def compute(roots: Iterable[str], *, include_stdlib: bool = False,
         if name in seen:
             continue
         seen.add(name)
-        if not include_stdlib and is_stdlib(name):
+        if is_stdlib(name) and (not include_stdlib or name in STDLIB_NEVER
+                                or name.split(".")[0] in STDLIB_NEVER):
             result.stdlib.add(name.split(".")[0])
             continue
         # parents first: importing a.b.c runs a/__init__ and a/b/__init__
@@ -175,6 +206,7 @@ def compute(roots: Iterable[str], *, include_stdlib: bool = False,
             kind = "source"
         mod = Module(name, kind, origin, _image_path(name, origin, kind))
         result.modules[name] = mod
+        queue.extend((m, True) for m in STDLIB_ALSO.get(name, ()))
         if kind == "extension":
             top = parts[0]
             if top not in result.native and not name.startswith("ingot"):
@@ -200,7 +232,7 @@ def compute(roots: Iterable[str], *, include_stdlib: bool = False,
                 with open(origin, "rb") as fh:
                     source = fh.read()
                 sure, maybe = imports_of(source.decode("utf-8", "surrogateescape"), name,
-                                         kind == "package")
+                                         kind == "package", top_level_only=is_stdlib(name))
             except (SyntaxError, ValueError, OSError):
                 sure, maybe = set(), set()
             queue.extend((m, True) for m in sorted(sure, reverse=True))

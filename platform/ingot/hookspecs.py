@@ -16,9 +16,11 @@ ingot_kinds_register      yes          yes       yes      yes
 ingot_devices_register    yes          yes       yes      yes
 ingot_plan_validate       yes
 ingot_image_collect                    yes
+ingot_modules_require                  yes
 ingot_loop_select                                yes
 ingot_device_connected                           yes
 ingot_appliance_stopped                          yes
+ingot_sandbox_syscalls                           yes
 ========================  ===========  ========  =======  ===============
 
 At configure and build time every installed plugin is loaded. At boot an
@@ -108,6 +110,22 @@ def ingot_image_collect(plan: Plan, image: ImageWriter) -> None:
     """
 
 
+@hookspec
+def ingot_modules_require(plan: Plan) -> list[str] | None:
+    """Name the Linux kernel modules a ``vm`` or ``qubes`` image must load.
+
+    Called at build time on every loaded plugin for the VM targets. A plugin
+    returns the module names (``tun``, ``nft_masq``) its chosen backends need
+    beyond the base set (virtio PCI and net, virtio-rng, the ACPI button,
+    evdev), or None. The build adds their dependencies from the kernel's
+    ``modules.dep`` and PID 1 loads them in order; a name the kernel has
+    built in is left out, an unknown name fails the build.
+
+    :param plan: the plan being built (read only).
+    :return: kernel module names, or None.
+    """
+
+
 # --------------------------------------------------------------------------
 # boot
 
@@ -153,4 +171,23 @@ def ingot_appliance_stopped(plan: Plan, exit_code: int) -> None:
 
     :param plan: the image's plan.
     :param exit_code: the process exit code about to be returned.
+    """
+
+
+@hookspec
+def ingot_sandbox_syscalls(plan: Plan) -> list[str] | None:
+    """Name the syscalls a sandboxed image needs beyond the sandbox's base set.
+
+    Called once at boot inside an image, on the plugins the plan names, when
+    ``--sandbox`` is ``on`` or ``kill``, after runtime keys are parsed and
+    before any device connects. A plugin returns the syscall names (as
+    ``strace`` spells them: ``"ioctl"``, ``"pread64"``) that its chosen
+    backends make after the appliance is ready and that
+    :data:`ingot.sandbox.BASE` lacks, or None. A name unknown on the
+    machine's architecture, or one of :data:`ingot.sandbox.FORBIDDEN`
+    (``execve``, ``ptrace``, ``mount`` ...), stops the boot. Naming
+    ``ioctl`` allows every ioctl request, not only the base set's few.
+
+    :param plan: the image's plan (read only).
+    :return: syscall names, or None.
     """

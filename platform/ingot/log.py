@@ -30,6 +30,10 @@ class Sink:
     def __init__(self, stream: TextIO | None = None, level: str = "info") -> None:
         self.stream = stream
         self.threshold = LEVELS[level]
+        # PID 1 of a VM image sets this: lines then carry the guest's uptime
+        # (CLOCK_BOOTTIME), by which boot phases are measured.
+        import os
+        self.uptime = os.environ.get("INGOT_LOG_UPTIME", "") not in ("", "0")
 
     def set_level(self, level: str) -> None:
         self.threshold = LEVELS[level]
@@ -64,6 +68,8 @@ class Logger:
         now = time.time()
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
         parts = [f"ts={ts}", f"level={level}", f"src={_fmt(self.src)}", f"msg={_fmt(msg)}"]
+        if self.sink.uptime:
+            parts.insert(1, f"up={time.clock_gettime(time.CLOCK_BOOTTIME):.3f}")
         parts.extend(f"{k}={_fmt(v)}" for k, v in fields.items())
         self.sink.write(" ".join(parts))
 

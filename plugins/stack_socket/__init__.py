@@ -54,7 +54,7 @@ def ingot_devices_register() -> list[DeviceSpec]:
     return [
         DeviceSpec("stack", "socket", "ingot.plugins.stack_socket.stack:connect",
                    "TCP/UDP over IPv4 and IPv6 through the host kernel's sockets (asyncio)",
-                   keys=KEYS, default_on=("unix", "oci")),
+                   keys=KEYS, default_on=("unix", "vm", "qubes", "oci")),
     ]
 
 

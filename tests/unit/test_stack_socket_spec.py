@@ -27,7 +27,7 @@ def test_registers_the_socket_stack():
     (spec,) = stack_socket.ingot_devices_register()
     assert (spec.kind, spec.backend) == ("stack", "socket")
     assert spec.factory == "ingot.plugins.stack_socket.stack:connect"
-    assert spec.default_on == ("unix", "oci")
+    assert spec.default_on == ("unix", "vm", "qubes", "oci")
     assert {k.name: k.default for k in spec.keys} == {"mtu": 1500, "udp-max": 65535,
                                                       "uvloop": True}
 

@@ -1,0 +1,105 @@
+"""The DNS appliance's ``vm`` image: built reproducibly, booted under QEMU (software
+emulation), answering ``dig`` from the host, stopped by the ACPI power button."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ingot import cpio
+from ingot.qemu import Vm, free_port
+from tests.conftest import ROOT, Cli
+
+ZONES = ROOT / "configs" / "dns" / "zones"
+
+pytestmark = pytest.mark.slow
+
+
+def build_vm(cli: Cli, target: str = "vm") -> Path:
+    cli("configure", ROOT / "appliances" / "dns", "--target", target,
+        "--zones-source", ZONES)
+    cli("build", ROOT / "appliances" / "dns", timeout=600)
+    return cli.cwd / "images" / f"dns-{target}"
+
+
+@pytest.fixture(scope="module")
+def dns_vm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("vm")
+    return build_vm(Cli(work))
+
+
+def dig(port: int, *args: str) -> str:
+    tool = shutil.which("dig")
+    assert tool, "dig is not installed (Debian bind9-dnsutils; .ci installs it)"
+    proc = subprocess.run([tool, "@127.0.0.1", "-p", str(port), "+time=10", "+tries=3",
+                           *args], capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_the_vm_folder_holds_a_kernel_an_initramfs_and_no_program_but_python(dns_vm):
+    names = sorted(p.name for p in dns_vm.iterdir())
+    assert names == ["cmdline", "contents.json", "initramfs", "vmlinuz"]
+    entries = {e.path: e for e in cpio.read((dns_vm / "initramfs").read_bytes())}
+    assert entries["init"].data.startswith(b"#!/usr/bin/python3 -IS\n")
+    assert entries["dev/console"].kind == "chardev" and entries["dev/console"].rdev == (5, 1)
+    elves = sorted(p for p, e in entries.items()
+                   if e.kind == "file" and e.data[:4] == b"\x7fELF")
+    programs = [p for p in elves if not (p.endswith(".so") or ".so." in p or p.endswith(".ko"))]
+    assert programs == ["usr/bin/python3"]
+    for forbidden in ("bin/sh", "usr/bin/sh", "bin/busybox", "usr/bin/apt", "usr/bin/dpkg"):
+        assert forbidden not in entries
+    # what the closure left out of the standard library, and the appliance is there
+    assert not any(p.startswith(("usr/lib/python3.11/tkinter", "usr/lib/python3.11/unittest",
+                                 "usr/lib/python3.11/pydoc")) for p in entries)
+    assert "usr/lib/ingot/ingot/plugins/dns/server.pyc" in entries
+    assert not any("/imap" in p or "/firewall/" in p for p in entries)
+    contents = json.loads((dns_vm / "contents.json").read_text())
+    listed = {f["path"] for f in contents["files"]}
+    assert listed == {p for p, e in entries.items() if e.kind == "file"} - {
+        "usr/lib/ingot/_ingot/contents.json"}
+    assert "virtio_net.ko" in contents["kernel_modules"]
+    assert contents["kernel"] == "debian"
+
+
+def test_two_builds_give_byte_identical_vm_images(dns_vm, tmp_path):
+    again = build_vm(Cli(tmp_path))
+    for name in ("vmlinuz", "initramfs", "cmdline", "contents.json"):
+        assert (again / name).read_bytes() == (dns_vm / name).read_bytes(), name
+
+
+def test_the_vm_boots_under_qemu_answers_dig_and_powers_off_on_the_power_button(dns_vm):
+    port = free_port()
+    fwd = f"user,hostfwd=udp:127.0.0.1:{port}-:53,hostfwd=tcp:127.0.0.1:{port}-:53"
+    with Vm(dns_vm, netdevs=[fwd], net="ingot.ip=eth0:10.0.2.15/24 ingot.gw=10.0.2.2",
+            keys=["--host", "0.0.0.0", "--port", "53"]) as vm:
+        vm.wait_for(r"msg=listening host=0\.0\.0\.0 port=53 zones=2", timeout=240)
+        assert "+ SERVFAIL" not in (out := dig(port, "www.example.test", "A"))
+        assert "status: NOERROR" in out and "192.0.2.10" in out and " aa" in out
+        out = dig(port, "+tcp", "shop.test", "SOA")
+        assert "status: NOERROR" in out and "SOA" in out
+        assert "status: REFUSED" in dig(port, "example.com", "A")
+        console = vm.console()
+        assert "src=init msg=\"pid 1 started\"" in console
+        assert "msg=\"kernel modules loaded\"" in console
+        assert vm.powerdown(timeout=120) == 0
+        console = vm.console()
+    assert 'msg="stopping the appliance" reason="power button"' in console
+    assert "src=boot msg=stopped exit_code=0" in console
+    assert 'src=init msg="appliance exited" exit_code=0' in console
+    assert "reboot: Power down" in console
+    assert "Kernel panic" not in console and "Traceback" not in console
+
+
+def test_a_bad_runtime_key_on_the_kernel_command_line_is_one_error_line_then_power_off(dns_vm):
+    with Vm(dns_vm, keys=["--port", "99999"]) as vm:
+        vm.wait_for(r"reboot: Power down", timeout=240)
+        assert vm.wait(60) == 0
+        console = vm.console()
+    assert "--port" in console and "level=error" in console
+    assert 'src=init msg="appliance exited" exit_code=2' in console
+    assert "Kernel panic" not in console
