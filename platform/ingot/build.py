@@ -158,7 +158,8 @@ def roots_of(plan: Plan) -> list[str]:
 
 
 def prepare(plan: Plan, say: Callable[[str], None], *, include_stdlib: bool = False,
-            extra_roots: tuple[str, ...] = ()) -> tuple[object, closure_mod.Closure, ImageWriter]:
+            extra_roots: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+            ) -> tuple[object, closure_mod.Closure, ImageWriter]:
     """Steps 1-3 of every build: plugins, the import closure, the plugins' data."""
     if plan.path_entry and plan.path_entry not in sys.path:
         sys.path.insert(0, plan.path_entry)
@@ -175,7 +176,7 @@ def prepare(plan: Plan, say: Callable[[str], None], *, include_stdlib: bool = Fa
         if closure_mod._find(root) is None:
             raise BuildError(f"module {root!r} needed by the plan cannot be found",
                              hint="is the appliance or plugin installed?")
-    clo = closure_mod.compute(roots, include_stdlib=include_stdlib)
+    clo = closure_mod.compute(roots, include_stdlib=include_stdlib, exclude=exclude)
     say(f"      {len(clo.modules)} modules, {len(clo.native)} native packages, "
         f"{len(clo.stdlib)} standard-library packages used")
     say("[3/4] collecting data")

@@ -91,6 +91,8 @@ def cmd_build(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     image = Path(args.image)
+    if image.is_dir():
+        return _run_vm(image, extra)
     if not image.is_file():
         from .errors import IngotError as E
         raise E(f"no image at {image}", hint="build one with 'ingot build'")
@@ -99,39 +101,105 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0  # pragma: no cover
 
 
+def _run_vm(folder: Path, extra: list[str]) -> int:
+    """A vm or qubes image folder under QEMU; ``--vm-*`` options are QEMU's, the rest keys."""
+    from .keys import parse_argv
+    from .qemu import Vm
+
+    given, rest = parse_argv(extra)
+    vm_opts = {k[3:]: v for k, v in given.items() if k.startswith("vm-")}
+    unknown = set(vm_opts) - {"memory", "net", "cmdline", "accel"}
+    if unknown:
+        from .errors import IngotError as E
+        raise E(f"unknown option --vm-{sorted(unknown)[0]}",
+                hint="vm options: --vm-memory MiB, --vm-net QEMU-NETDEV (';' between "
+                     "several), --vm-cmdline 'ingot.ip=...', --vm-accel tcg|kvm")
+    keys = [w for k, v in given.items() if not k.startswith("vm-") for w in (f"--{k}", v)]
+    nets = [n for n in vm_opts.get("net", "user").split(";") if n]
+    vm = Vm(folder, memory=int(vm_opts.get("memory", "256")), netdevs=nets,
+            net=vm_opts.get("cmdline", ""), keys=keys + rest, log="/dev/stdout",
+            accel=vm_opts.get("accel", "tcg"))
+    import signal
+
+    def on_term(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    vm.start()
+    try:
+        return vm.wait(timeout=None)
+    except KeyboardInterrupt:
+        _err("ingot: pressing the VM's power button")
+        try:
+            return vm.powerdown(timeout=60)
+        finally:
+            vm.close()
+    finally:
+        vm.close()
+
+
 def _read_image(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plan and contents listing of a unix (.pyz), vm/qubes (folder) or oci (.tar) image."""
     from .errors import IngotError as E
 
     try:
+        if path.is_dir():
+            from . import cpio
+            contents = json.loads((path / "contents.json").read_text())
+            entries = {e.path: e for e in cpio.read((path / "initramfs").read_bytes())}
+            return json.loads(entries["usr/lib/ingot/_ingot/plan.json"].data), contents
+        if path.suffix == ".tar":
+            return _read_oci(path)
         with zipfile.ZipFile(path) as zf:
             plan = json.loads(zf.read("_ingot/plan.json"))
             contents = json.loads(zf.read("_ingot/contents.json"))
-    except FileNotFoundError:
-        raise E(f"no image at {path}", hint="build one with 'ingot build'") from None
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+    except FileNotFoundError as exc:
+        raise E(f"no image at {path} ({exc.filename} is missing)",
+                hint="build one with 'ingot build'") from None
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise E(f"{path} is not an Ingot image ({exc})") from None
     return plan, contents
+
+
+def _read_oci(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import gzip
+    import io
+    import tarfile
+
+    with tarfile.open(path) as outer:
+        def blob(digest: str) -> bytes:
+            member = outer.extractfile("blobs/sha256/" + digest.split(":", 1)[1])
+            assert member is not None
+            return member.read()
+
+        index = json.loads(outer.extractfile("index.json").read())  # type: ignore[union-attr]
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        layer = gzip.decompress(blob(manifest["layers"][0]["digest"]))
+    with tarfile.open(fileobj=io.BytesIO(layer)) as inner:
+        plan_file = inner.extractfile("usr/lib/ingot/_ingot/plan.json")
+        contents_file = inner.extractfile("usr/lib/ingot/_ingot/contents.json")
+        assert plan_file is not None and contents_file is not None
+        return json.loads(plan_file.read()), json.loads(contents_file.read())
 
 
 def cmd_inspect(args: argparse.Namespace, extra: list[str]) -> int:
     from .sign import signature_state
 
     path = Path(args.image)
-    if path.is_dir():  # a vm or qubes image folder: only its signature state so far
-        state = signature_state(path)
-        if args.json:
-            print(json.dumps({"image": str(path), "signature": state}, indent=1))
-        else:
-            print(f"image     {path} (folder)")
-            print(f"signature: {state}")
-        return 0
     plan, contents = _read_image(path)
-    size = path.stat().st_size
+    size = (sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir()
+            else path.stat().st_size)
     if args.json:
         print(json.dumps({"plan": plan, "contents": contents, "size": size,
                           "signature": signature_state(path)}, indent=1, sort_keys=True))
         return 0
-    print(f"image     {path} ({size / 1024:.1f} KiB)")
+    print(f"image     {path} ({size / 1024:.1f} KiB{', folder' if path.is_dir() else ''})")
+    if contents.get("kernel"):
+        print(f"kernel    {contents['kernel']} {contents.get('kernel_release', '')} "
+              f"({contents['vmlinuz_size'] / 1024:.1f} KiB), initramfs "
+              f"{contents['initramfs_size'] / 1024:.1f} KiB gzip, "
+              f"{contents['unpacked_size'] / 1024:.1f} KiB unpacked; modules: "
+              + (", ".join(contents.get("kernel_modules", [])) or "none"))
     print(f"signature: {signature_state(path)}")
     print(f"appliance {plan['appliance']} ({plan['main']}), target {plan['target']}, "
           f"python {plan['python']}, ingot {plan['ingot']}")

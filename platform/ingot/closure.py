@@ -72,14 +72,24 @@ targets) never takes: development and desktop tools, reachable only through
 imports inside functions of modules an appliance uses."""
 
 
+STDLIB_OPTIONAL = frozenset({"ssl", "_ssl", "_hashlib", "lzma", "_lzma", "bz2", "_bz2"})
+"""Standard-library modules that other standard-library modules import only
+if present (``try: import ssl``) and that bring large shared libraries
+(OpenSSL's 5 MB, liblzma, libbz2): taken when the appliance's own code or a
+plugin imports them, not because asyncio, hashlib or shutil would like to.
+hashlib then uses its built-in hashes."""
+
 STDLIB_ALSO: dict[str, tuple[str, ...]] = {
     "hashlib": ("_md5", "_sha1", "_sha256", "_sha512", "_sha3", "_blake2"),
     "socket": ("encodings.idna",),
+    "concurrent.futures": ("concurrent.futures.thread",),
 }
 """What standard-library modules load without an import statement that the
 closure could read: hashlib's built-in hashes (imported inside a function
 when OpenSSL lacks one), the codec by which ``socket.getaddrinfo`` encodes
-host names (looked up by name in C)."""
+host names (looked up by name in C), the thread pool that
+``concurrent.futures`` gives through a module ``__getattr__`` (asyncio's
+default executor, used by uvloop at import).""" 
 
 
 def is_stdlib(name: str) -> bool:
@@ -166,8 +176,14 @@ def _walk_package_files(top_dir: str) -> Iterable[str]:
 
 
 def compute(roots: Iterable[str], *, include_stdlib: bool = False,
+            exclude: Iterable[str] = (),
             progress: Callable[[str], None] | None = None) -> Closure:
-    """The closure of ``roots`` (module names). Roots must be importable."""
+    """The closure of ``roots`` (module names). Roots must be importable.
+
+    ``exclude`` names top-level packages left out (recorded as missing): for
+    packages the code imports only if present.
+    """
+    excluded = set(exclude)
     result = Closure()
     queue: list[tuple[str, bool]] = [(r, True) for r in roots]
     seen: set[str] = set()
@@ -176,6 +192,9 @@ def compute(roots: Iterable[str], *, include_stdlib: bool = False,
         if name in seen:
             continue
         seen.add(name)
+        if name.split(".")[0] in excluded:
+            result.missing.add(name)
+            continue
         if is_stdlib(name) and (not include_stdlib or name in STDLIB_NEVER
                                 or name.split(".")[0] in STDLIB_NEVER):
             result.stdlib.add(name.split(".")[0])
@@ -235,6 +254,9 @@ def compute(roots: Iterable[str], *, include_stdlib: bool = False,
                                          kind == "package", top_level_only=is_stdlib(name))
             except (SyntaxError, ValueError, OSError):
                 sure, maybe = set(), set()
+            if is_stdlib(name) and parts[0] not in STDLIB_OPTIONAL:
+                sure = {m for m in sure if m.split(".")[0] not in STDLIB_OPTIONAL}
+                maybe = {m for m in maybe if m.split(".")[0] not in STDLIB_OPTIONAL}
             queue.extend((m, True) for m in sorted(sure, reverse=True))
             queue.extend((m, False) for m in sorted(maybe, reverse=True))
         if kind == "package" and not name.startswith("ingot"):

@@ -78,8 +78,11 @@ class Vm:
         self.started = 0.0
 
     def start(self) -> "Vm":
-        out = open(self.log_path, "wb")
         self.started = time.monotonic()
+        if str(self.log_path) == "/dev/stdout":  # the console on our own standard output
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+            return self
+        out = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT)
         out.close()
@@ -143,12 +146,12 @@ class Vm:
         self.monitor("system_powerdown")
         return self.wait(timeout)
 
-    def wait(self, timeout: float = 60.0) -> int:
+    def wait(self, timeout: float | None = 60.0) -> int:
         assert self.proc is not None
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise VmError(f"the VM did not stop within {timeout:.0f} s",
+            raise VmError(f"the VM did not stop within {timeout or 0:.0f} s",
                           hint=self.tail()) from None
 
     def kill(self) -> None:

@@ -98,7 +98,7 @@ def _start(command: str, cwd: Path, env: dict[str, str], ready: list[str]) -> su
     log = open(cwd / f"bg-{time.monotonic_ns()}.log", "w+")
     proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=env,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a vm image boots under software emulation
     while time.monotonic() < deadline:
         log.seek(0)
         text = log.read()
@@ -108,4 +108,4 @@ def _start(command: str, cwd: Path, env: dict[str, str], ready: list[str]) -> su
             raise AssertionError(f"`{command}` exited ({proc.returncode}):\n{text}")
         time.sleep(0.05)
     proc.kill()
-    raise AssertionError(f"`{command}` did not start in 30 s")
+    raise AssertionError(f"`{command}` did not start in 120 s")

@@ -4,6 +4,7 @@ emulation), answering ``dig`` from the host, stopped by the ACPI power button.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -103,3 +104,34 @@ def test_a_bad_runtime_key_on_the_kernel_command_line_is_one_error_line_then_pow
     assert "--port" in console and "level=error" in console
     assert 'src=init msg="appliance exited" exit_code=2' in console
     assert "Kernel panic" not in console
+
+
+def test_the_root_alone_runs_the_appliance_no_host_file_needed(dns_vm, tmp_path):
+    root = tmp_path / "root"
+    for e in cpio.read((dns_vm / "initramfs").read_bytes()):
+        target = root / e.path
+        if e.kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+        elif e.kind == "file":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(e.data)
+            target.chmod(e.mode)
+    port = free_port()
+    assert os.geteuid() == 0, "chroot needs root (CI runs as root)"
+    proc = subprocess.Popen([shutil.which("chroot") or "/usr/sbin/chroot", str(root), "/usr/bin/python3", "-IS",
+                             "/usr/lib/ingot/__main__.py", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={"PATH": "/nonexistent"})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "msg=listening" in line or "level=error" in line:
+                break
+        assert "msg=listening" in lines[-1], "".join(lines)
+        out = dig(port, "www.example.test", "A")
+        assert "192.0.2.10" in out and "status: NOERROR" in out
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, rest
