@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -135,3 +136,33 @@ def test_the_root_alone_runs_the_appliance_no_host_file_needed(dns_vm, tmp_path)
         proc.terminate()
         rest = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, rest
+
+
+def test_the_hello_and_echo_appliances_boot_as_vm_images_too(tmp_path):
+    cli = Cli(tmp_path)
+    cli("configure", ROOT / "appliances" / "hello", "--target", "vm")
+    cli("build", ROOT / "appliances" / "hello", timeout=600)
+    with Vm(cli.cwd / "images" / "hello-vm", memory=128,
+            keys=["--hello", "from-a-vm", "--n", "2", "--interval", "0"]) as vm:
+        vm.wait_for(r"reboot: Power down", timeout=240)
+        console = vm.console()
+    assert console.count('msg=from-a-vm') == 2
+    assert 'src=init msg="appliance exited" exit_code=0' in console
+
+    cli("configure", ROOT / "appliances" / "echo", "--target", "vm",
+        "--kv-ro-source", ROOT / "configs" / "echo" / "data")
+    cli("build", ROOT / "appliances" / "echo", timeout=600)
+    port = free_port(socket.SOCK_STREAM)
+    with Vm(cli.cwd / "images" / "echo-vm", memory=128,
+            netdevs=[f"user,hostfwd=tcp:127.0.0.1:{port}-:7"],
+            net="ingot.ip=eth0:10.0.2.15/24", keys=["--host", "0.0.0.0", "--port", "7"]) as vm:
+        vm.wait_for(r"src=echo msg=listening", timeout=240)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.settimeout(30)
+            greeting = conn.recv(4096)
+            conn.sendall(b"ping from the host\n")
+            echoed = b""
+            while not echoed.endswith(b"\n"):
+                echoed += conn.recv(4096)
+        assert greeting and echoed == b"ping from the host\n"
+        assert vm.powerdown(timeout=120) == 0
