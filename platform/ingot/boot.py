@@ -221,9 +221,13 @@ async def _serve(booted: Booted) -> int:
     import signal
 
     log = booted.log
+    guard = _sandbox_guard(booted)
     try:
         await booted.connect()
         app = booted.construct()
+        early = guard is not None and not _sandbox().has_ready(app)
+        if early:  # no readiness signal: sandboxed before start() (docs/sandbox.md)
+            _install(guard, log, "before start")
     except BaseException:
         await booted.close()
         raise
@@ -243,8 +247,15 @@ async def _serve(booted: Booted) -> int:
     log.info("appliance started", appliance=booted.plan.appliance)
     code = EXIT_OK
     try:
+        if guard is not None and not early and await _sandbox().when_ready(app, task):
+            _install(guard, log, "ready")
         await task
         log.info("appliance finished", appliance=booted.plan.appliance)
+    except BootError as exc:  # the sandbox could not be installed: never run without it
+        log.error(exc.message, **({"hint": exc.hint} if exc.hint else {}))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        code = EXIT_BOOT
     except asyncio.CancelledError:
         if stop_signal:
             log.info("stopping", signal=stop_signal[0])
@@ -267,6 +278,41 @@ async def _serve(booted: Booted) -> int:
     booted.pm.hook.ingot_appliance_stopped(plan=booted.plan, exit_code=code)
     log.info("stopped", exit_code=code)
     return code
+
+
+def _sandbox() -> Any:
+    from . import sandbox
+
+    return sandbox
+
+
+def _sandbox_guard(booted: Booted) -> Any:
+    """The ``--sandbox``/``--user`` guard, checked before any device connects; or None."""
+    mode, user = booted.keys.get("sandbox", "off"), booted.keys.get("user", "")
+    if mode == "off" and not user:
+        return None
+    try:
+        sandbox = _sandbox()
+    except ImportError:  # a closure of module-level imports only (the vm target)
+        raise BootError("sandbox: --sandbox and --user are not in this image",
+                        hint="they work on the unix target; run with --sandbox off") from None
+    extra: list[str] = []
+    if mode != "off":
+        for names in booted.pm.hook.ingot_sandbox_syscalls(plan=booted.plan):
+            extra.extend(names or ())
+    try:
+        return sandbox.Guard.prepare(mode, user, extra)
+    except sandbox.SandboxError as exc:
+        raise BootError(f"sandbox: {exc.message}", hint=exc.hint) from None
+
+
+def _install(guard: Any, log: logmod.Logger, when: str) -> None:
+    sandbox = _sandbox()
+    try:
+        guard.install(log, when)
+    except (sandbox.SandboxError, OSError) as exc:
+        raise BootError(f"sandbox: {getattr(exc, 'message', None) or exc}",
+                        hint=getattr(exc, "hint", "")) from None
 
 
 def run(raw_plan: dict[str, Any], argv: list[str], image: str | None,
@@ -297,6 +343,11 @@ def run(raw_plan: dict[str, Any], argv: list[str], image: str | None,
     import asyncio
 
     factory = booted.pm.hook.ingot_loop_select(plan=plan, device_keys=booted.device_keys)
+    if factory is not None and (booted.keys.get("sandbox", "off") != "off"
+                                or booted.keys.get("user")):
+        # libuv's io_uring escapes seccomp and keeps root's credentials: docs/sandbox.md
+        log.info("sandboxed: running on asyncio's loop, not the one a plugin chose")
+        factory = None
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(_serve(booted))

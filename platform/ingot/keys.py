@@ -193,6 +193,11 @@ def port(value: int) -> None:
 PLATFORM_KEYS: tuple[Key, ...] = (
     key("log-level", str, "Least severe log level shown", "info",
         choices=("debug", "info", "warning", "error")),
+    key("sandbox", str, "Seccomp filter installed once the appliance is ready: off, on (other "
+        "syscalls fail with EPERM) or kill (they kill the process); see docs/sandbox.md", "off",
+        choices=("off", "on", "kill")),
+    key("user", str, "User to become once the ports are bound (a name or uid:gid; needs root); "
+        "empty: keep", ""),
 )
 """Runtime keys every image has."""
 
