@@ -166,3 +166,26 @@ def test_the_hello_and_echo_appliances_boot_as_vm_images_too(tmp_path):
                 echoed += conn.recv(4096)
         assert greeting and echoed == b"ping from the host\n"
         assert vm.powerdown(timeout=120) == 0
+
+
+@pytest.mark.kernel_minimal
+@pytest.mark.timeout(2400)  # builds the minimal kernel unless it is cached
+def test_with_the_minimal_kernel_the_dns_vm_is_under_10_mib_and_answers_in_64_mib(tmp_path):
+    cli = Cli(tmp_path)
+    cli("configure", ROOT / "appliances" / "dns", "--target", "vm", "--zones-source", ZONES)
+    cli("build", ROOT / "appliances" / "dns", "--kernel", "minimal", timeout=2400)
+    folder = cli.cwd / "images" / "dns-vm"
+    contents = json.loads((folder / "contents.json").read_text())
+    assert contents["kernel"] == "minimal" and contents["kernel_modules"] == []
+    size = (folder / "vmlinuz").stat().st_size + (folder / "initramfs").stat().st_size
+    assert size < 10 * 2**20, size
+    port = free_port()
+    with Vm(folder, memory=64, netdevs=[f"user,hostfwd=udp:127.0.0.1:{port}-:53"],
+            net="ingot.ip=eth0:10.0.2.15/24 ingot.gw=10.0.2.2",
+            keys=["--host", "0.0.0.0", "--port", "53"]) as vm:
+        vm.wait_for(r"msg=listening host=0\.0\.0\.0 port=53", timeout=240)
+        out = dig(port, "www.example.test", "A")
+        assert "status: NOERROR" in out and "192.0.2.10" in out
+        assert vm.powerdown(timeout=120) == 0
+        console = vm.console()
+    assert 'reason="power button"' in console and "exit_code=0" in console
