@@ -4,6 +4,9 @@ The kernel starts ``/init`` (a two-line Python script calling :func:`main`)
 with the words after ``--`` on its command line as arguments: those are the
 appliance's runtime keys (``-- --port 53 --log-level debug``). PID 1 then:
 
+Only the words after ``--`` are keys: a word before it that the kernel
+does not know (and would hand to PID 1 as an argument) is not.
+
 1. mounts ``/proc``, ``/sys``, ``/dev`` (devtmpfs), ``/tmp`` and ``/run`` (tmpfs);
 2. loads the kernel modules listed in ``_ingot/vm.json`` (dependencies
    first; none with a kernel that has everything built in);
@@ -110,9 +113,20 @@ class Init:
     def read_cmdline(self) -> None:
         try:
             with open("/proc/cmdline") as fh:
-                words = fh.read().split()
+                text = fh.read()
         except OSError:
-            words = []
+            text = ""
+        words = text.split()
+        if "--" in words:
+            # the keys are what follows "--" (quotes as the kernel reads them), not every
+            # word the kernel did not know and handed to PID 1 as an argument
+            import shlex
+
+            _, _, after = f" {text} ".partition(" -- ")
+            try:
+                self.argv = shlex.split(after)
+            except ValueError:
+                pass  # unbalanced quotes: keep the kernel's own split
         for word in words:
             if word == "--":
                 break

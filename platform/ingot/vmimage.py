@@ -317,8 +317,9 @@ def build_target(plan: Plan, out_dir: Path, *, kernel: str = "debian",
     if plan.target == "qubes":
         # Qubes reads the kernel options of a VM kernel folder from this file;
         # under Xen PVH the console is hvc0.
+        # Qubes appends the VM's kernelopts to this text without a space: end with one.
         outputs["default-kernelopts-common.txt"] = (
-            DEFAULT_CMDLINE.replace("console=ttyS0", "console=hvc0") + "\n").encode()
+            DEFAULT_CMDLINE.replace("console=ttyS0", "console=hvc0") + " \n").encode()
     unpacked = sum(len(e.data) for e in entries)
     contents.update({"image_size": len(vmlinuz) + len(initrd), "initramfs_size": len(initrd),
                      "initramfs_sha256": hashlib.sha256(initrd).hexdigest(),

@@ -23,11 +23,19 @@ Backends of the ``packet_filter`` kind (:class:`ingot.signatures.PacketFilter`):
 
 The specs are written out here, not taken from the backend modules, so that
 an image holds only the backend it was configured with.
+
+In a ``vm`` or ``qubes`` image (:func:`ingot_modules_require`) the python
+backend needs packet sockets (``af_packet``, built into Debian's kernel, so
+no module file is carried). The nftables backend runs the ``nft`` program,
+which such an image does not hold (there is no program in it but Python):
+``ingot configure`` refuses it on those targets, and ``ingot build`` too for
+a plan written by hand.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import ingot
 from ingot.keys import key
@@ -85,3 +93,43 @@ NFT_SPEC = DeviceSpec(
 @ingot.hookimpl
 def ingot_devices_register() -> list[DeviceSpec]:
     return [PYTHON_SPEC, NFT_SPEC]
+
+
+VM_TARGETS = ("vm", "qubes")
+PYTHON_MODULES = ["af_packet"]
+"""Kernel modules of the python backend in a VM image (Debian builds af_packet in)."""
+NFT_MODULES = ["nf_tables", "nft_ct", "nft_nat", "nft_masq", "nft_reject_inet", "nft_chain_nat"]
+"""Kernel modules the nftables ruleset uses (named for a kernel that would run it)."""
+
+
+def _nft_in_vm(plan: Any) -> list[str]:
+    if plan.target not in VM_TARGETS:
+        return []
+    return [f"packet_filter device {dev.name!r}: the nftables backend runs the 'nft' program, "
+            f"which a {plan.target} image does not hold (no program but Python is in it); "
+            f"use --{dev.name.replace('_', '-')} python"
+            for dev in plan.devices_of("packet_filter", "nftables")]
+
+
+@ingot.hookimpl
+def ingot_plan_validate(plan: Any) -> list[str]:
+    return _nft_in_vm(plan)
+
+
+@ingot.hookimpl
+def ingot_image_collect(plan: Any, image: Any) -> None:
+    problems = _nft_in_vm(plan)
+    if problems:
+        from ingot.errors import BuildError
+
+        raise BuildError(problems[0], hint="reconfigure with --filter python and rebuild")
+
+
+@ingot.hookimpl
+def ingot_modules_require(plan: Any) -> list[str] | None:
+    names: list[str] = []
+    if plan.devices_of("packet_filter", "python"):
+        names += PYTHON_MODULES
+    if plan.devices_of("packet_filter", "nftables"):
+        names += NFT_MODULES
+    return names or None

@@ -61,6 +61,8 @@ ones everywhere; none is a default.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ingot
 from ingot.keys import Key, key
 from ingot.registry import DeviceSpec
@@ -126,3 +128,11 @@ def ingot_devices_register() -> list[DeviceSpec]:
         DeviceSpec("tun", "memory", f"{_MOD}.memory:connect_tun",
                    "IP packets on an in-process segment", keys=MEMORY_TUN_KEYS),
     ]
+
+
+@ingot.hookimpl
+def ingot_modules_require(plan: Any) -> list[str] | None:
+    """tap and tun devices need the kernel's tun driver (a module in Debian's kernel)."""
+    if plan.devices_of("net", "tap") or plan.devices_of("tun", "tun"):
+        return ["tun"]
+    return None

@@ -37,12 +37,22 @@ file      a TOML or JSON file, watched for changes            all
     ``write()`` keeps values in memory on top of the file (reads and
     watchers see them; the file is never written).
 
+    Key ``bake`` (build, default false): ``ingot build`` reads the file named
+    by ``path`` (given at configure time; relative: from the working folder,
+    else the appliance folder) and carries it in the image (module
+    :mod:`.bake`), e.g. for a ``vm`` or ``qubes`` image, which has no host
+    folder to read. The image then reads its own copy, never a host file,
+    and does not poll it (an image's data never changes); ``write()`` works
+    as above. Run from the source tree (no image), the named file is read.
+
 Neither backend is a default: an appliance's manifest chooses per target
 (the firewall: ``file`` on unix and oci, ``socket`` on vm and qubes). This
 module imports nothing but the platform; factories are named, not imported.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import ingot
 from ingot.keys import key, non_negative
@@ -72,5 +82,22 @@ def ingot_devices_register() -> list[DeviceSpec]:
                              "\"path\" = \"value\" strings", validate=_table_file),
                          key("poll", float, "Seconds between checks of the file for "
                              "changes (0: only before each call)", 0.5,
-                             validate=non_negative))),
+                             validate=non_negative),
+                         key("bake", bool, "Carry the file named by --qubesdb-path in the "
+                             "image (read at build time; the image reads its own copy and "
+                             "does not poll it)", False, stage="build"))),
     ]
+
+
+@ingot.hookimpl
+def ingot_plan_validate(plan: Any) -> list[str]:
+    from .bake import problems
+
+    return problems(plan)
+
+
+@ingot.hookimpl
+def ingot_image_collect(plan: Any, image: Any) -> None:
+    from .bake import collect
+
+    collect(plan, image)

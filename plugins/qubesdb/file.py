@@ -16,6 +16,9 @@ table with the device's own writes on top:
   (a later change of the file at that path is then not seen), and it is
   gone when the device closes. Every write fires the watchers, also one
   that stores the same value again (Qubes' reload trigger is such a write).
+* Baked (key ``bake``, :mod:`.bake`): inside an image the table is the
+  image's own copy, read once at connect and never checked again (``path``
+  only names it in logs); writes work as above.
 """
 
 from __future__ import annotations
@@ -34,11 +37,18 @@ from .watch import PathWatch, WatchHub
 class FileQubesDB:
     """A :class:`~ingot.signatures.QubesDB` over a table file. Build it with :func:`open_file`."""
 
-    def __init__(self, path: str, poll: float, log: Any) -> None:
+    def __init__(self, path: str, poll: float, log: Any,
+                 baked: tuple[str, bytes] | None = None) -> None:
         self.path = path
-        self._poll = poll
         self._log = log
-        self._seen, self._file = self._load()
+        self._baked = baked is not None
+        if baked is not None:
+            poll = 0.0
+            self._seen: object = ("baked",)
+            self._file = parse_table(*baked)
+        else:
+            self._seen, self._file = self._load()
+        self._poll = poll
         self._mine: dict[str, bytes] = {}
         self._view = dict(self._file)
         self._bad: object = None  # the state of the file last logged as bad
@@ -112,6 +122,8 @@ class FileQubesDB:
 
     def refresh(self) -> list[str]:
         """Read the file again if it changed; the paths that changed. Never raises."""
+        if self._baked:
+            return []
         try:
             state: object = self._state()
         except OSError as exc:
@@ -152,14 +164,16 @@ class FileQubesDB:
                 self._log.error("QubesDB file check failed", file=self.path, error=repr(exc))
 
 
-async def open_file(path: str, poll: float = 0.5, log: Any = None) -> FileQubesDB:
-    """Read ``path`` and watch it; ``DeviceError`` when it cannot be read or parsed."""
+async def open_file(path: str, poll: float = 0.5, log: Any = None,
+                    baked: tuple[str, bytes] | None = None) -> FileQubesDB:
+    """Read ``path`` and watch it, or hold ``baked`` (``(name, bytes)`` of the table baked
+    from ``path``); ``DeviceError`` when it cannot be read or parsed."""
     if log is None:
         from ingot.log import Logger
 
         log = Logger("qubesdb")
     try:
-        return FileQubesDB(path, poll, log)
+        return FileQubesDB(path, poll, log, baked)
     except OSError as exc:
         raise DeviceError(f"cannot read the QubesDB file {path}: "
                           f"{exc.strerror or exc}") from None
@@ -168,5 +182,16 @@ async def open_file(path: str, poll: float = 0.5, log: Any = None) -> FileQubesD
 
 
 async def connect(ctx: Any) -> FileQubesDB:
-    """The factory of ``qubesdb/file`` (keys ``path``, ``poll``)."""
-    return await open_file(str(ctx.keys["path"]), float(ctx.keys.get("poll", 0.5)), ctx.log)
+    """The factory of ``qubesdb/file`` (keys ``path``, ``poll``, ``bake``)."""
+    path = str(ctx.keys["path"])
+    poll = float(ctx.keys.get("poll", 0.5))
+    if ctx.keys.get("bake") is True and ctx.data is not None:
+        # named by .bake.baked_name (not imported: the image needs no build code)
+        names = [n for n in ctx.data.paths() if n in ("table.json", "table.toml")]
+        if not names:
+            raise DeviceError("the image holds no baked QubesDB table; rebuild it with "
+                              "--qubesdb-bake")
+        db = await open_file(path, poll, ctx.log, (names[0], ctx.data.read(names[0])))
+        ctx.log.info("QubesDB table from the image", file=path, entries=len(db._file))
+        return db
+    return await open_file(path, poll, ctx.log)
