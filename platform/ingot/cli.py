@@ -186,7 +186,13 @@ def cmd_inspect(args: argparse.Namespace, extra: list[str]) -> int:
     from .sign import signature_state
 
     path = Path(args.image)
-    plan, contents = _read_image(path)
+    try:
+        plan, contents = _read_image(path)
+    except IngotError:
+        if path.exists() and not args.json:  # a damaged image: say what its signature says
+            print(f"image     {path}")
+            print(f"signature: {signature_state(path)}")
+        raise
     size = (sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir()
             else path.stat().st_size)
     if args.json:
@@ -382,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("ingot: interrupted")
         return 130
+    except BrokenPipeError:  # ingot inspect ... | head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def _fails(cli: Cli, *args) -> str:
 
 
 def _signature_line(cli: Cli, image) -> str:
-    out = cli("inspect", image).out
+    out = cli("inspect", image, check=False).out  # a stand-in vm folder is no real image
     return next(line for line in out.splitlines() if line.startswith("signature: "))
 
 
