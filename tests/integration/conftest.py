@@ -2,8 +2,8 @@
 
 Building the minimal kernel takes 3 to 10 minutes on two cores, so its
 build-and-boot tests are *deselected* (not skipped, not passed) unless the
-environment sets ``INGOT_KERNEL_MINIMAL=1``; the run's summary says so. CI
-runs them in a job of their own.
+environment sets ``INGOT_KERNEL_MINIMAL=1``; the run's summary says so.
+``.ci/run`` sets it, so CI runs them.
 """
 
 from __future__ import annotations
