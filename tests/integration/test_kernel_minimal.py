@@ -1,5 +1,5 @@
-"""The ``minimal`` kernel: its committed fragment, its cache key, and (only with
-``INGOT_KERNEL_MINIMAL=1``, minutes) a real build booted under QEMU."""
+"""The ``minimal`` kernel: its committed fragment, its cache key, and a real build
+(minutes the first time, then cached) booted under QEMU."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_a_cached_kernel_is_returned_without_building(monkeypatch, tmp_path):
     assert km.build_minimal(cache_dir=tmp_path, progress=lambda _m: None) == target
 
 
-# ------------------------------------------------------------ INGOT_KERNEL_MINIMAL=1 only
+# ------------------------------------------------------------ a real build (marker kernel_minimal)
 
 INIT_C = r"""
 #include <stdio.h>
