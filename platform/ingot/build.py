@@ -148,6 +148,22 @@ def _zipinfo(name: str, mode: int = 0o644) -> zipfile.ZipInfo:
     return zi
 
 
+def write_atomic(path: Path, blob: bytes, mode: int = 0o644) -> None:
+    """Write ``blob`` to ``path`` through a temporary file and a rename: never half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def roots_of(plan: Plan) -> list[str]:
     """The modules an image starts from."""
     roots = ["ingot.runtime", plan.manifest, plan.main.partition(":")[0]]
@@ -171,7 +187,7 @@ def prepare(plan: Plan, say: Callable[[str], None], *, include_stdlib: bool = Fa
             raise BuildError(f"plugin {name!r} ({module}) of the plan is not installed",
                              hint="install it, or run 'ingot configure' again")
     say("[2/4] finding the import closure")
-    roots = roots_of(plan) + [r for r in extra_roots if r not in roots_of(plan)]
+    roots = list(dict.fromkeys(roots_of(plan) + list(extra_roots)))
     for root in roots:
         if closure_mod._find(root) is None:
             raise BuildError(f"module {root!r} needed by the plan cannot be found",

@@ -65,7 +65,7 @@ STDLIB_NEVER = frozenset({
     "pdb", "pydoc", "pydoc_data", "lib2to3", "ensurepip", "venv", "distutils", "curses",
     "_curses", "readline", "rlcompleter", "sqlite3", "_sqlite3", "tracemalloc", "cProfile",
     "profile", "pstats", "timeit", "trace", "code", "codeop", "xmlrpc", "webbrowser",
-    "http.server", "pydoc_data", "msilib", "winreg", "_winapi", "nt", "_msi", "mailbox",
+    "http.server", "msilib", "winreg", "_winapi", "nt", "_msi", "mailbox",
 })
 """Standard-library modules an image that holds the standard library (the VM
 targets) never takes: development and desktop tools, reachable only through
@@ -89,7 +89,7 @@ closure could read: hashlib's built-in hashes (imported inside a function
 when OpenSSL lacks one), the codec by which ``socket.getaddrinfo`` encodes
 host names (looked up by name in C), the thread pool that
 ``concurrent.futures`` gives through a module ``__getattr__`` (asyncio's
-default executor, used by uvloop at import).""" 
+default executor, used by uvloop at import)."""
 
 
 def is_stdlib(name: str) -> bool:

@@ -222,9 +222,7 @@ class Init:
 
         try:
             data = os.read(fd, EVENT_SIZE * 16)
-        except BlockingIOError:
-            return False
-        except OSError:
+        except OSError:  # nothing to read, or the device went away
             return False
         for pos in range(0, len(data) - EVENT_SIZE + 1, EVENT_SIZE):
             kind, code, value = struct.unpack_from("=HHi", data, pos + 16)

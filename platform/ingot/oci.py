@@ -35,10 +35,8 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import platform
 import tarfile
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,17 +230,7 @@ def write_oci(entries: Iterable[Entry], out_path: Path | str, *, name: str,
                  working_dir=working_dir, user=user, labels=labels,
                  exposed_ports=exposed_ports, architecture=architecture, tag=tag)
     blob = layout_tar(lay)
-    out = Path(out_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .build import write_atomic
+
+    write_atomic(Path(out_path), blob)
     return lay

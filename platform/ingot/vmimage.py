@@ -30,12 +30,12 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from . import closure as closure_mod
 from . import kernel as kernel_mod
+from .build import BuildResult, _pyc, _strip, prepare, write_atomic
 from .errors import BuildError
 from .plan import Plan
 from .rootfs import APP_DIR, Entry, tree
@@ -75,16 +75,6 @@ sys.path.insert(0, "/{APP_DIR}")
 from ingot.runtime import main
 sys.exit(main(sys.argv[1:], image="/{APP_DIR}"))
 """
-
-
-def _strip(data: bytes) -> bytes:
-    from .build import _strip as strip_native
-    return strip_native(data, "")
-
-
-def _pyc(source: bytes, path: str) -> bytes:
-    from .build import _pyc as compile_pyc
-    return compile_pyc(source, path)
 
 
 def _is_elf(data: bytes) -> bool:
@@ -132,6 +122,10 @@ class Root:
         self.entries[path] = Entry(path, entry_kind, mode, data, rdev)
         self.kinds[path] = (kind, module)
 
+    def folder(self, path: str, mode: int = 0o755) -> None:
+        self.entries[path] = Entry(path, "dir", mode)
+        self.kinds[path] = ("dir", "")
+
     def listing(self) -> list[dict[str, object]]:
         out = []
         for path, e in sorted(self.entries.items()):
@@ -158,13 +152,12 @@ def assemble(plan: Plan, clo: closure_mod.Closure, data: dict[str, bytes],
     elves: dict[str, str] = {}  # root path -> host path, to follow with ldd
 
     python = os.path.realpath(sys.executable)
-    root.add("usr/bin/python3", _strip(_read(python)), "interpreter", mode=0o755)
+    root.add("usr/bin/python3", _strip(_read(python), "python3"), "interpreter", mode=0o755)
     elves["usr/bin/python3"] = python
     # the landmarks by which the interpreter finds its prefix (/usr) and lib-dynload
     root.add(f"{STDLIB_DIR}/os.pyc", _pyc(_read(os.path.join(stdlib, "os.py")), "os.py"),
              "bytecode", "os")
-    root.entries[f"{STDLIB_DIR}/lib-dynload"] = Entry(f"{STDLIB_DIR}/lib-dynload", "dir", 0o755)
-    root.kinds[f"{STDLIB_DIR}/lib-dynload"] = ("dir", "")
+    root.folder(f"{STDLIB_DIR}/lib-dynload")
 
     for mod in sorted(clo.modules.values(), key=lambda m: m.name):
         if mod.path is None or mod.origin is None:
@@ -174,7 +167,7 @@ def assemble(plan: Plan, clo: closure_mod.Closure, data: dict[str, bytes],
         if mod.kind == "extension":
             path = (f"{STDLIB_DIR}/lib-dynload/{os.path.basename(mod.origin)}" if in_stdlib
                     else f"{APP_DIR}/{mod.path}")
-            root.add(path, _strip(src), "native", mod.name, mode=0o755)
+            root.add(path, _strip(src, mod.name), "native", mod.name, mode=0o755)
             elves[path] = mod.origin
             continue
         base = STDLIB_DIR if in_stdlib else APP_DIR
@@ -190,7 +183,7 @@ def assemble(plan: Plan, clo: closure_mod.Closure, data: dict[str, bytes],
         base = STDLIB_DIR if closure_mod.is_stdlib(path.split("/")[0]) else APP_DIR
         blob = _read(host)
         if _is_elf(blob):
-            root.add(f"{base}/{path}", _strip(blob), "native", mode=0o755)
+            root.add(f"{base}/{path}", _strip(blob, path), "native", mode=0o755)
             elves[f"{base}/{path}"] = host
         else:
             root.add(f"{base}/{path}", blob, "data")
@@ -206,7 +199,7 @@ def assemble(plan: Plan, clo: closure_mod.Closure, data: dict[str, bytes],
             libs.setdefault(os.path.basename(lib), lib)
     for name, host in sorted(libs.items()):
         target = LOADER if name == os.path.basename(LOADER) else f"{LIB_DIR}/{name}"
-        root.add(target, _strip(_read(os.path.realpath(host))), "library", mode=0o755)
+        root.add(target, _strip(_read(os.path.realpath(host)), name), "library", mode=0o755)
 
     vm: dict[str, object] = {}
     if kernel is not None:
@@ -215,8 +208,7 @@ def assemble(plan: Plan, clo: closure_mod.Closure, data: dict[str, bytes],
             root.add(f"dev/{node}", b"", "device", mode=0o600 if node == "console" else 0o666,
                      entry_kind="chardev", rdev=rdev)
         for folder in ("proc", "sys", "tmp", "run"):
-            root.entries[folder] = Entry(folder, "dir", 0o1777 if folder == "tmp" else 0o755)
-            root.kinds[folder] = ("dir", "")
+            root.folder(folder, 0o1777 if folder == "tmp" else 0o755)
         order = kernel_mod.modules_in_order(kernel, module_names)
         files = []
         for rel in order:
@@ -228,19 +220,6 @@ def assemble(plan: Plan, clo: closure_mod.Closure, data: dict[str, bytes],
         vm = {"kernel": kernel.option, "release": kernel.release, "modules": files}
         root.add(VM_CONFIG, json.dumps(vm, sort_keys=True, indent=1).encode(), "meta")
     return root, vm
-
-
-def _write_atomic(path: Path, blob: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def contents_of(plan: Plan, root: Root, clo: closure_mod.Closure, extra: dict) -> dict:
@@ -271,7 +250,6 @@ def build_target(plan: Plan, out_dir: Path, *, kernel: str = "debian",
                  progress: Callable[[str], None] = lambda _m: None):
     """Build a ``vm``, ``qubes`` or ``oci`` image (see the module docstring)."""
     from . import cpio
-    from .build import BuildResult, prepare
 
     if plan.target not in ("vm", "qubes", "oci"):
         raise BuildError(f"target {plan.target!r} cannot be built",
@@ -305,7 +283,7 @@ def build_target(plan: Plan, out_dir: Path, *, kernel: str = "debian",
         contents["image_size"] = len(blob)
         contents["image_sha256"] = hashlib.sha256(blob).hexdigest()
         listing = out_dir / f"{plan.image_name}.contents.json"
-        _write_atomic(listing, (json.dumps(contents, sort_keys=True, indent=1) + "\n").encode())
+        write_atomic(listing, (json.dumps(contents, sort_keys=True, indent=1) + "\n").encode())
         return BuildResult(image, listing, len(blob), len(contents["files"]))
     assert kern is not None
     folder = out_dir / plan.image_name
@@ -315,9 +293,8 @@ def build_target(plan: Plan, out_dir: Path, *, kernel: str = "debian",
     outputs = {"vmlinuz": vmlinuz, "initramfs": initrd, "cmdline": DEFAULT_CMDLINE.encode()
                + b"\n"}
     if plan.target == "qubes":
-        # Qubes reads the kernel options of a VM kernel folder from this file;
-        # under Xen PVH the console is hvc0.
-        # Qubes appends the VM's kernelopts to this text without a space: end with one.
+        # Qubes reads a VM kernel folder's options from this file and appends the VM's
+        # kernelopts without a space (so it ends with one); under Xen PVH the console is hvc0.
         outputs["default-kernelopts-common.txt"] = (
             DEFAULT_CMDLINE.replace("console=ttyS0", "console=hvc0") + " \n").encode()
     unpacked = sum(len(e.data) for e in entries)
@@ -326,10 +303,8 @@ def build_target(plan: Plan, out_dir: Path, *, kernel: str = "debian",
                      "unpacked_size": unpacked, "vmlinuz_size": len(vmlinuz),
                      "vmlinuz_sha256": hashlib.sha256(vmlinuz).hexdigest()})
     for name, blob in outputs.items():
-        _write_atomic(folder / name, blob)
+        write_atomic(folder / name, blob)
     listing = folder / "contents.json"
-    _write_atomic(listing, (json.dumps(contents, sort_keys=True, indent=1) + "\n").encode())
-    for stale in folder.iterdir():  # a signature of an earlier build no longer holds
-        if stale.name == "signature.json":
-            stale.unlink()
+    write_atomic(listing, (json.dumps(contents, sort_keys=True, indent=1) + "\n").encode())
+    (folder / "signature.json").unlink(missing_ok=True)  # an earlier build's signature
     return BuildResult(folder, listing, len(vmlinuz) + len(initrd), len(entries))

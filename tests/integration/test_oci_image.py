@@ -24,6 +24,7 @@ import pytest
 
 from ingot.qemu import free_port
 from tests.conftest import ROOT, Cli
+from tests.integration.test_vm_image import dig
 
 ZONES = ROOT / "configs" / "dns" / "zones"
 ENTRYPOINT = ["/usr/bin/python3", "-IS", "/usr/lib/ingot/__main__.py"]
@@ -74,15 +75,6 @@ def bundle(dns_oci: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def skopeo(*args: str) -> str:
     proc = subprocess.run([need("skopeo"), *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
-def dig(port: int, *args: str) -> str:
-    tool = shutil.which("dig")
-    assert tool, "dig is not installed (Debian bind9-dnsutils; .ci installs it)"
-    proc = subprocess.run([tool, "@127.0.0.1", "-p", str(port), "+time=5", "+tries=3",
-                           *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

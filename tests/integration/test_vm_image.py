@@ -80,7 +80,7 @@ def test_the_vm_boots_under_qemu_answers_dig_and_powers_off_on_the_power_button(
     with Vm(dns_vm, netdevs=[fwd], net="ingot.ip=eth0:10.0.2.15/24 ingot.gw=10.0.2.2",
             keys=["--host", "0.0.0.0", "--port", "53"]) as vm:
         vm.wait_for(r"msg=listening host=0\.0\.0\.0 port=53 zones=2", timeout=240)
-        assert "+ SERVFAIL" not in (out := dig(port, "www.example.test", "A"))
+        out = dig(port, "www.example.test", "A")
         assert "status: NOERROR" in out and "192.0.2.10" in out and " aa" in out
         out = dig(port, "+tcp", "shop.test", "SOA")
         assert "status: NOERROR" in out and "SOA" in out
