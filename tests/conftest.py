@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["ingot.testing.pytest_netns"]
+pytest_plugins = ["ingot.testing.pytest_netns", "tests.interop.mail_harness"]
 
 
 @dataclass

@@ -99,7 +99,16 @@ def is_stdlib(name: str) -> bool:
 def _find(name: str) -> importlib.machinery.ModuleSpec | None:
     try:
         return importlib.util.find_spec(name)
-    except (ImportError, ValueError, AttributeError, TypeError, SyntaxError):
+    except ValueError:
+        # already imported with no __spec__ (cryptography swaps some modules for a
+        # deprecation proxy): look the module up on its parent package's path instead
+        parent = name.rpartition(".")[0]
+        try:
+            path = getattr(importlib.import_module(parent), "__path__", None) if parent else None
+            return importlib.machinery.PathFinder.find_spec(name, path)
+        except Exception:  # noqa: BLE001 - as unfindable
+            return None
+    except (ImportError, AttributeError, TypeError, SyntaxError):
         return None
     except Exception:  # noqa: BLE001 - a package __init__ failing while probing
         return None

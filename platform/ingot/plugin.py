@@ -45,6 +45,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "dns": "ingot.plugins.dns",
     "qubesdb": "ingot.plugins.qubesdb",
     "firewall": "ingot.plugins.firewall",
+    "smtp": "ingot.plugins.smtp",
+    "mailstore": "ingot.plugins.mailstore.plugin",
 }
 """Plugin name -> module of the plugins that ship with Ingot."""
 
