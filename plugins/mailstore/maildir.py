@@ -164,6 +164,8 @@ class _Box:
         self.lock = asyncio.Lock()
         self.uid_lock = threading.Lock()  # scans may assign UIDs in a worker thread
         self.fds: dict[str, int] = {}
+        self.synced = threading.Condition()
+        self.syncs: dict[str, list[int]] = {}  # sub -> [fsyncs started, last one done, running]
 
     def alloc(self, n: int, inflight: bool) -> int:
         """Reserve ``n`` UIDs; the first one."""
@@ -175,11 +177,39 @@ class _Box:
             return first
 
     def fsync_dir(self, sub: str) -> None:
-        fd = self.fds.get(sub)
-        if fd is None:
-            fd = self.fds[sub] = os.open(os.path.join(self.path, sub),
-                                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        os.fsync(fd)
+        """Make the renames into ``sub`` done so far durable.
+
+        Group commit: a rename is durable once an fsync of its folder that
+        *started after it* has finished, so deliveries that arrive while an
+        fsync runs wait for it and share the next one (one fsync for all of
+        them) instead of each running its own.
+        """
+        with self.synced:
+            state = self.syncs.setdefault(sub, [0, 0, 0])
+            need = state[0] + 1  # the first fsync to start from now on
+            while True:
+                if state[1] >= need:
+                    return
+                if not state[2]:
+                    state[0] += 1
+                    state[2] = 1
+                    mine = state[0]
+                    break
+                self.synced.wait()
+        done = False
+        try:
+            fd = self.fds.get(sub)
+            if fd is None:
+                fd = self.fds[sub] = os.open(os.path.join(self.path, sub),
+                                             os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.fsync(fd)
+            done = True
+        finally:
+            with self.synced:
+                state[2] = 0
+                if done:
+                    state[1] = mine
+                self.synced.notify_all()
 
     def close(self) -> None:
         for fd in self.fds.values():

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.parser
+import email.utils
 import email.policy
 import re
 from collections.abc import Callable
@@ -483,15 +484,19 @@ def from_domain(message: bytes) -> str | None:
     exactly one address with a domain (DMARC then cannot be evaluated:
     :func:`check_dmarc` gives permerror)."""
     try:
-        parser = email.parser.BytesParser(policy=email.policy.default)
-        headers = parser.parsebytes(message, headersonly=True)
+        # the header block only, parsed the cheap way (compat32: no header objects)
+        end = message.find(b"\r\n\r\n")
+        if end < 0:
+            end = message.find(b"\n\n")
+        head = message if end < 0 else message[:end + 2]
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
         fields = headers.get_all("From") or []
         if len(fields) != 1:
             return None
-        addresses = fields[0].addresses
-        if len(addresses) != 1:
+        addresses = [a for a in email.utils.getaddresses([str(fields[0])]) if any(a)]
+        if len(addresses) != 1 or "@" not in addresses[0][1]:
             return None
-        domain = _norm(addresses[0].domain or "")
+        domain = _norm(addresses[0][1].rpartition("@")[2])
         if not domain:
             return None
         if not domain.isascii():
@@ -502,24 +507,26 @@ def from_domain(message: bytes) -> str | None:
 
 
 def organizational_domain(domain: str) -> str:
-    """RFC 7489 3.2 with the Public Suffix List when ``publicsuffixlist`` is
-    installed, else the last two labels."""
+    """RFC 7489 3.2: the domain one label below its public suffix, by the Public
+    Suffix List the ``publicsuffixlist`` package ships (read once)."""
     domain = _norm(domain)
-    try:
-        from publicsuffixlist import PublicSuffixList  # type: ignore[import-not-found]
-    except ImportError:
-        return ".".join(domain.split(".")[-2:])
-    org = _psl(PublicSuffixList).privatesuffix(domain)
-    return org or domain
+    return _psl().privatesuffix(domain) or domain
 
 
 _PSL: Any = None
 
 
-def _psl(cls: Any) -> Any:
+def _psl() -> Any:
     global _PSL
     if _PSL is None:
-        _PSL = cls()
+        import importlib.resources
+
+        from publicsuffixlist import PublicSuffixList
+
+        # read through importlib.resources: the list is inside the image's zip
+        data = importlib.resources.files("publicsuffixlist") / "public_suffix_list.dat"
+        with data.open("rb") as source:
+            _PSL = PublicSuffixList(source)
     return _PSL
 
 
