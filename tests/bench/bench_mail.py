@@ -42,7 +42,6 @@ import shutil
 import signal
 import smtplib
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
