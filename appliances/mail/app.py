@@ -30,6 +30,10 @@ import email.utils
 from datetime import datetime, timezone
 from typing import Any
 
+from ingot.plugins.imap import adapter as imap_adapter
+from ingot.plugins.imap.selected import MessageCache
+from ingot.plugins.imap.session import Settings as ImapSettings
+from ingot.plugins.mailstore.notify import Notifying
 from ingot.plugins.smtp import authcheck, passwords
 from ingot.plugins.smtp.adapter import ServiceConfig, Session, SmtpService
 from ingot.plugins.smtp.relay import Relay
@@ -60,7 +64,7 @@ class Mail:
         self.stack = stack
         self.tls = tls
         self.config = config
-        self.mailboxes = mailboxes
+        self.mailboxes = Notifying(mailboxes)
         self.resolver = resolver
         self.pclock = pclock
         self.random = random
@@ -69,7 +73,8 @@ class Mail:
         self.spool = Spool(queue, log)
         self.settings = Settings()
         self.domains = {d.lower().rstrip(".") for d in keys.domains}
-        self.services: dict[str, SmtpService] = {}
+        self.services: dict[str, Any] = {}
+        self.dummy_hash: str | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self.relay: Relay | None = None
         self.ready = asyncio.Event()
@@ -85,10 +90,11 @@ class Mail:
         except ConfigError as exc:
             raise ValueError(f"config store: {exc}") from None
         tls = self.settings.tls
-        if tls is None and ({"submission", "smtps"} & set(keys.services)):
-            raise ValueError("config store: submission and smtps need tls/cert.pem and "
-                             "tls/key.pem (AUTH is only offered over TLS); or run "
-                             "--services smtp")
+        needs_tls = {"submission", "smtps", "imaps"} & set(keys.services)
+        if tls is None and needs_tls:
+            raise ValueError(f"config store: {', '.join(sorted(needs_tls))} need tls/cert.pem "
+                             "and tls/key.pem (passwords only ever travel over TLS); or run "
+                             "--services smtp,imap")
         queued = await self.spool.load()
         self.relay = Relay(
             spool=self.spool, stack=self.stack, tls=self.tls, resolver=self.resolver,
@@ -107,9 +113,32 @@ class Mail:
                            ServerSettings(**base, starttls=True, require_auth=True), False),
             "smtps": (keys.smtps_port, ServerSettings(**base, require_auth=True), True),
         }
+        imap_settings = ImapSettings(hostname=keys.hostname, starttls=tls is not None,
+                                     plaintext=keys.imap_plaintext, max_literal=keys.max_size)
+        imap_plan = {"imap": (keys.imap_port, imap_settings, False),
+                     "imaps": (keys.imaps_port, imap_settings, True)}
+        cache = MessageCache()
+        recent: dict = {}
         relay_task = asyncio.create_task(self.relay.run())
         try:
             for name in keys.services:
+                if name in imap_plan:
+                    port, isettings, implicit = imap_plan[name]
+                    service = imap_adapter.ImapService(
+                        self.stack, self.tls, self.mailboxes, self.check_login,
+                        imap_adapter.ServiceConfig(
+                            name, isettings, implicit_tls=implicit, tls=tls,
+                            max_connections=keys.max_connections,
+                            plaintext_hosts=("127.0.0.1", "::1")),
+                        self.log, cache=cache, recent=recent)
+                    listener = await service.listen(keys.host, port)
+                    self.services[name] = service
+                    self.addresses[name] = listener.address
+                    self.log.info("listening", service=name, host=listener.address[0],
+                                  port=listener.address[1],
+                                  tls="implicit" if implicit else
+                                  ("starttls" if isettings.starttls else "none"))
+                    continue
                 port, settings, implicit = plan[name]
                 handler = MxHandler(self) if name == "smtp" else SubmissionHandler(self)
                 service = SmtpService(self.stack, self.tls, handler, ServiceConfig(
@@ -145,6 +174,18 @@ class Mail:
     def user_of(self, address: str) -> str | None:
         addr = normalise(address)
         return addr if addr in self.settings.users else None
+
+    async def check_login(self, login: str, password: str) -> str | None:
+        """The user a login and password name (SMTP AUTH, IMAP LOGIN), or None."""
+        user = self.user_of(login) if "@" in login else None
+        if user is None:
+            # the same work as a real check, so that timing does not tell users apart
+            if self.dummy_hash is None:
+                self.dummy_hash = await asyncio.to_thread(passwords.hash_password, "-")
+            await passwords.verify_password_async(self.dummy_hash, password)
+            return None
+        ok = await passwords.verify_password_async(self.settings.users[user].hash, password)
+        return user if ok else None
 
     async def deliver_local(self, recipient: str, data: bytes) -> None:
         user = self.user_of(recipient)
@@ -243,18 +284,10 @@ class SubmissionHandler:
 
     def __init__(self, app: Mail) -> None:
         self.app = app
-        self.dummy_hash: str | None = None
 
     async def authenticate(self, session: Session, event: Auth) -> bool:
-        user = self.app.user_of(event.username) if "@" in event.username else None
-        if user is None or (event.authzid and normalise(event.authzid) != user):
-            # the same work as a real check, so that timing does not tell users apart
-            if self.dummy_hash is None:
-                self.dummy_hash = await asyncio.to_thread(passwords.hash_password, "-")
-            await passwords.verify_password_async(self.dummy_hash, event.password)
-            return False
-        return await passwords.verify_password_async(self.app.settings.users[user].hash,
-                                                     event.password)
+        user = await self.app.check_login(event.username, event.password)
+        return user is not None and not (event.authzid and normalise(event.authzid) != user)
 
     async def mail_from(self, session: Session, event: MailFrom) -> Reply:
         if session.auth_user is None or normalise(event.sender or "@") != normalise(

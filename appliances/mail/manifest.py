@@ -11,12 +11,15 @@ from ingot.plugins.mailstore.store import MailStore
 from ingot.signatures import KvRO, KvRW, Stack, Tls
 
 
+SERVICES = ("smtp", "submission", "smtps", "imap", "imaps")
+
+
 def _services(value: list[str]) -> None:
-    unknown = set(value) - {"smtp", "submission", "smtps"}
+    unknown = set(value) - set(SERVICES)
     if unknown:
-        raise ValueError(f"unknown services {sorted(unknown)} (smtp, submission, smtps)")
+        raise ValueError(f"unknown services {sorted(unknown)} ({', '.join(SERVICES)})")
     if not value:
-        raise ValueError("at least one of smtp, submission, smtps")
+        raise ValueError(f"at least one of {', '.join(SERVICES)}")
 
 
 def _retry(value: list[str]) -> None:
@@ -32,8 +35,8 @@ appliance = Appliance(
     name="mail",
     main="app:Mail",
     doc="Mail server: SMTP MX with SPF/DKIM/DMARC checks, submission with AUTH and DKIM "
-        "signing, a durable relay queue",
-    plugins=["smtp", "mailstore", "dns", "tls"],
+        "signing, a durable relay queue, IMAP",
+    plugins=["smtp", "imap", "mailstore", "dns", "tls"],
     # loaded by native code (cryptography's and argon2's bindings), invisible to the closure
     modules=["_cffi_backend"],
     devices=[
@@ -56,13 +59,17 @@ appliance = Appliance(
             "config store's users file)", []),
         key("host", str, "Address the services listen on (IPv4 or IPv6 literal)", "127.0.0.1"),
         key("services", list, "Which services run: smtp (MX, port --smtp-port), submission "
-            "(STARTTLS + AUTH), smtps (implicit TLS + AUTH)", ["smtp", "submission", "smtps"],
-            validate=_services),
+            "(STARTTLS + AUTH), smtps (implicit TLS + AUTH), imap (STARTTLS), imaps (TLS)",
+            list(SERVICES), validate=_services),
         key("smtp-port", int, "Port of the MX service", 25, validate=port),
         key("submission-port", int, "Port of the submission service (STARTTLS)", 587,
             validate=port),
         key("smtps-port", int, "Port of the implicit-TLS submission service", 465,
             validate=port),
+        key("imap-port", int, "Port of the IMAP service (STARTTLS)", 143, validate=port),
+        key("imaps-port", int, "Port of the implicit-TLS IMAP service", 993, validate=port),
+        key("imap-plaintext", bool, "Allow IMAP LOGIN without TLS from loopback addresses "
+            "(127.0.0.0/8, ::1) only: for local tools on the same host", False),
         key("max-size", int, "Largest message accepted (bytes; advertised as SIZE)",
             25 * 1024 * 1024, validate=positive),
         key("max-recipients", int, "Recipients per message", 100, validate=positive),

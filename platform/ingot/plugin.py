@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "qubesdb": "ingot.plugins.qubesdb",
     "firewall": "ingot.plugins.firewall",
     "smtp": "ingot.plugins.smtp",
+    "imap": "ingot.plugins.imap",
     "mailstore": "ingot.plugins.mailstore.plugin",
 }
 """Plugin name -> module of the plugins that ship with Ingot."""

@@ -3,6 +3,7 @@
 Layout in the store::
 
     <user>/.user                      {"uidvalidity": <the last one handed out>}
+    <user>/.subscriptions             subscribed mailbox names, one per line
     <user>/<box>/meta                 {"uidvalidity": .., "uidnext": ..}
     <user>/<box>/m/<uid // 10000>/<uid // 100>/<uid>    the message's bytes
     <user>/<box>/i/<uid // 10000>/<uid // 100>/<uid>    {"flags": [..], "date": <s>, "size": <n>}
@@ -72,6 +73,7 @@ from .store import (
 
 BUCKET = 100
 USER_META = ".user"
+SUBSCRIPTIONS = ".subscriptions"
 
 
 def encode_box(mailbox: str) -> str:
@@ -425,6 +427,32 @@ class KvMailStore:
         async with self._lock:
             await self._meta(user, INBOX)
             return sorted(await self._names(user))
+
+    async def subscriptions(self, user: str) -> list[str]:
+        user = check_user(user)
+        return sorted(await self._read_subscriptions(user))
+
+    async def _read_subscriptions(self, user: str) -> set[str]:
+        with _kv_errors(f"reading {user}'s subscriptions"):
+            try:
+                text = (await self._kv.get(f"{user}/{SUBSCRIPTIONS}")).decode("utf-8", "replace")
+            except NotFound:
+                return set()
+        return {line for line in text.split("\n") if line}
+
+    async def subscribe(self, user: str, mailbox: str, subscribed: bool = True) -> None:
+        user, mailbox = check_user(user), check_mailbox(mailbox)
+        async with self._lock:
+            self._check_open()
+            names = await self._read_subscriptions(user)
+            if (mailbox in names) == subscribed:
+                return
+            names = names | {mailbox} if subscribed else names - {mailbox}
+            verb = "subscribe" if subscribed else "unsubscribe"
+            with _kv_errors(f"writing {user}'s subscriptions"):
+                async with self._kv.batch(f"{verb} {user}/{mailbox}") as b:
+                    await b.set(f"{user}/{SUBSCRIPTIONS}",
+                                "".join(n + "\n" for n in sorted(names)).encode())
 
     async def create_mailbox(self, user: str, mailbox: str) -> None:
         user, mailbox = check_user(user), check_mailbox(mailbox)

@@ -10,6 +10,7 @@ Layout (readable by Dovecot, mutt, Python's :mod:`mailbox`)::
     <maildir>/ingot-state             {"uidvalidity": .., "uidnext": ..}
     <maildir>/dovecot-keywords        keyword index, Dovecot's format
     root/<user>/ingot-uidvalidity     the last UIDVALIDITY handed out
+    root/<user>/ingot-subscriptions   subscribed mailbox names, one per line
 
 Mailbox names map to Maildir++ folder names segment by segment: in each
 ``/``-separated segment ``%`` becomes ``%25`` and ``.`` becomes ``%2E``; the
@@ -107,6 +108,7 @@ from .store import (
 LOCK = ".ingot-lock"
 STATE = "ingot-state"
 UIDVALIDITY = "ingot-uidvalidity"
+SUBSCRIPTIONS = "ingot-subscriptions"
 KEYWORDS = "dovecot-keywords"
 FOLDER_MARK = "maildirfolder"
 TMP_MAX_AGE = 36 * 3600
@@ -256,6 +258,7 @@ class MaildirStore:
         self._threads = threads
         self._boxes: dict[tuple[str, str], _Box] = {}
         self._open_lock = asyncio.Lock()
+        self._subscriptions_lock = asyncio.Lock()
         self._last_uidvalidity: dict[str, int] = {}
         self._closed = False
         try:
@@ -317,6 +320,40 @@ class MaildirStore:
         _fsync_path(udir)
         self._last_uidvalidity[user] = value
         return value
+
+    async def subscriptions(self, user: str) -> list[str]:
+        user = check_user(user)
+        return sorted(await self._io(self._read_subscriptions, user))
+
+    async def subscribe(self, user: str, mailbox: str, subscribed: bool = True) -> None:
+        user, mailbox = check_user(user), check_mailbox(mailbox)
+        async with self._subscriptions_lock:
+            await self._io(self._write_subscription, user, mailbox, subscribed)
+
+    def _read_subscriptions(self, user: str) -> set[str]:
+        try:
+            with open(os.path.join(self._user_dir(user), SUBSCRIPTIONS), "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return set()
+        return {line for line in text.split("\n") if line}
+
+    def _write_subscription(self, user: str, mailbox: str, subscribed: bool) -> None:
+        names = self._read_subscriptions(user)
+        if (mailbox in names) == subscribed:
+            return
+        names = names | {mailbox} if subscribed else names - {mailbox}
+        udir = self._user_dir(user)
+        os.makedirs(os.path.join(udir, "tmp"), mode=0o700, exist_ok=True)
+        tmp = os.path.join(udir, "tmp", f"{SUBSCRIPTIONS}.{self._unique()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, "".join(n + "\n" for n in sorted(names)).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(udir, SUBSCRIPTIONS))
+        _fsync_path(udir)
 
     def _user_dir(self, user: str) -> str:
         return os.path.join(self._root, user)

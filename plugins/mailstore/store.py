@@ -230,6 +230,16 @@ class MailStore(Protocol):
         """
         ...
 
+    async def subscriptions(self, user: str) -> list[str]:
+        """The mailbox names the user subscribed to (IMAP SUBSCRIBE), sorted; a
+        name may outlive its mailbox (RFC 3501 6.3.6)."""
+        ...
+
+    async def subscribe(self, user: str, mailbox: str, subscribed: bool = True) -> None:
+        """Add ``mailbox`` to the user's subscriptions, or remove it (durable when it
+        returns; removing a name that is not there does nothing)."""
+        ...
+
     def close(self) -> None:
         """Release the store (locks, open files). Never raises; idempotent."""
         ...

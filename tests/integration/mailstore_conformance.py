@@ -474,3 +474,24 @@ class MailStoreConformance:
             with pytest.raises(Closed):
                 await s.list("alice", INBOX)
         self.run(tmp_path, body)
+
+
+    # ------------------------------------------------------------ subscriptions
+
+    def test_subscriptions_persist(self, tmp_path):
+        async def body(s, reopen):
+            assert await s.subscriptions("alice") == []
+            await s.create_mailbox("alice", "Lists/ingot")
+            await s.subscribe("alice", "Lists/ingot")
+            await s.subscribe("alice", INBOX)
+            await s.subscribe("alice", INBOX)  # twice: still once
+            await s.subscribe("alice", "Gone")  # a name without a mailbox may be subscribed
+            assert await s.subscriptions("alice") == ["Gone", INBOX, "Lists/ingot"]
+            await s.subscribe("alice", "Gone", False)
+            await s.subscribe("alice", "Never", False)
+            s = await reopen(s)
+            assert await s.subscriptions("alice") == [INBOX, "Lists/ingot"]
+            assert await s.subscriptions("bob") == []
+            with pytest.raises(InvalidName):
+                await s.subscribe("alice", "../x")
+        self.run(tmp_path, body)

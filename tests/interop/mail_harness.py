@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import ROOT, Cli
 
 CONFIG = ROOT / "configs" / "mail" / "config"
+SERVICES = ("smtp", "submission", "smtps", "imap", "imaps")
 DKIM_KEY = CONFIG / "dkim" / "example.test.pem"
 
 
@@ -147,7 +148,7 @@ class MailServer(Process):
     def __init__(self, image: Path, root: Path, dns_port: int, *args: str,
                  ports: dict[str, int] | None = None, config: Path = CONFIG) -> None:
         self.root = root
-        self.ports = ports or {s: free_port() for s in ("smtp", "submission", "smtps")}
+        self.ports = ports or {s: free_port() for s in SERVICES}
         self.queue = root / "queue"
         self.mailboxes = root / "mailboxes"
         argv = [sys.executable, str(image), "--config-path", str(config),
@@ -156,7 +157,9 @@ class MailServer(Process):
                 "--hostname", "mail.example.test",
                 "--smtp-port", str(self.ports["smtp"]),
                 "--submission-port", str(self.ports["submission"]),
-                "--smtps-port", str(self.ports["smtps"]), *args]
+                "--smtps-port", str(self.ports["smtps"]),
+                "--imap-port", str(self.ports["imap"]),
+                "--imaps-port", str(self.ports["imaps"]), *args]
         super().__init__(argv, "mail ready", "mail")
 
     def mailbox(self, user: str) -> list[bytes]:

@@ -13,7 +13,7 @@ import dkim
 import pytest
 
 from tests.interop import postfix_peer
-from tests.interop.mail_harness import MailServer, dig_txt, free_port, replies, swaks
+from tests.interop.mail_harness import SERVICES, MailServer, dig_txt, free_port, replies, swaks
 
 pytestmark = pytest.mark.slow
 
@@ -198,7 +198,7 @@ def test_kill_9_with_a_full_queue_loses_nothing(start_mail, postfix, tmp_path):
     mail.kill()
     postfix.start()
     again = start_mail("--relay-port", str(postfix.port), "--retry", "1",
-                       ports={s: free_port() for s in ("smtp", "submission", "smtps")})
+                       ports={s: free_port() for s in SERVICES})
     assert "queued=12" in again.lines[-1]
     got = postfix.wait_messages(12)
     assert sorted(parse(m)["Subject"] for m in got) == sorted(f"queued {i}" for i in range(12))

@@ -1,0 +1,2 @@
+"""IMAP4 for Ingot: the server side of RFC 3501 / RFC 9051 with the extensions a modern client expects, over the mail store. ``wire.py`` holds the sans-I/O command parser and response writer, ``mime.py`` the message structure (ENVELOPE, BODYSTRUCTURE, sections), ``search.py`` the evaluation of SEARCH keys, and ``session.py`` the per-connection state machine; only the adapter does I/O. As a plugin it adds no device: the mail appliance uses it as a library.
+"""

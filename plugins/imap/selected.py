@@ -1,0 +1,392 @@
+"""The selected mailbox: sequence numbers, flags, and the message commands over it.
+
+A :class:`View` is one session's picture of its selected mailbox: the UIDs
+in sequence order, each message's flags, which messages are \\Recent for
+this session. It changes only when the session looks (RFC 3501 7: a
+client learns of changes through untagged EXISTS, EXPUNGE and FETCH
+responses, and sequence numbers never shift under it during a command):
+:meth:`View.refresh` lists the store again and returns the responses that
+bring the client up to date, in an order that keeps the numbering right
+(EXPUNGEs from the highest sequence number down, then EXISTS, then FLAGS
+updates). Expunges are held back while a FETCH, STORE or SEARCH runs
+(RFC 3501 7.4.1); the UID forms may receive them.
+
+FETCH, SEARCH, STORE, COPY, MOVE, EXPUNGE work on this view. Message
+contents come from the store once and are kept in a shared
+:class:`MessageCache` (parsed :class:`~.mime.Message` objects by
+mailbox, UIDVALIDITY and UID: a message's bytes never change under a UID).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import mime, search, wire
+
+SEEN = "\\Seen"
+DELETED = "\\Deleted"
+RECENT = "\\Recent"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def internal_date(epoch: int) -> str:
+    t = time.gmtime(epoch)
+    return f"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} " \
+           f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """``1:3,7,9:10`` for a response code (COPYUID, APPENDUID)."""
+    out: list[str] = []
+    run: list[int] = []
+    for uid in uids:
+        if run and uid == run[-1] + 1:
+            run.append(uid)
+            continue
+        if run:
+            out.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [uid]
+    if run:
+        out.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def flag_list(flags: Iterable[str]) -> wire.Atom:
+    return wire.Atom("(" + " ".join(sorted(flags)) + ")")
+
+
+class MessageCache:
+    """Parsed messages by (user, mailbox, uidvalidity, uid), least recently used out
+    once their bytes pass ``limit``."""
+
+    def __init__(self, limit: int = 128 * 1024 * 1024) -> None:
+        self.limit = limit
+        self.size = 0
+        self._items: OrderedDict[tuple, mime.Message] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> mime.Message | None:
+        msg = self._items.get(key)
+        if msg is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return msg
+
+    def put(self, key: tuple, msg: mime.Message) -> None:
+        if key in self._items:
+            return
+        self._items[key] = msg
+        self.size += msg.size
+        self.misses += 1
+        while self.size > self.limit and len(self._items) > 1:
+            _k, old = self._items.popitem(last=False)
+            self.size -= old.size
+
+
+@dataclass
+class _Ctx:
+    """What search.matches sees of one message."""
+
+    seq: int
+    uid: int
+    largest_seq: int
+    largest_uid: int
+    flags: frozenset[str]
+    recent: bool
+    internal_date: int
+    size: int
+    modseq: int
+    loader: Any
+
+    def message(self) -> mime.Message:
+        return self.loader()
+
+
+class View:
+    """One session's selected mailbox (see the module docstring)."""
+
+    def __init__(self, store: Any, cache: MessageCache, user: str, mailbox: str,
+                 readonly: bool, recent_hub: dict[tuple[str, str], int]) -> None:
+        self.store = store
+        self.cache = cache
+        self.user = user
+        self.mailbox = mailbox
+        self.readonly = readonly
+        self.recent_hub = recent_hub
+        self.uidvalidity = 0
+        self.uidnext = 0
+        self.uids: list[int] = []
+        self.infos: dict[int, Any] = {}
+        self.recent: set[int] = set()
+        self.watch = store.watch(user, mailbox) if hasattr(store, "watch") else None
+
+    # ---------------------------------------------------------------- open / refresh
+
+    async def open(self) -> list[bytes]:
+        status = await self.store.status(self.user, self.mailbox)
+        if self.watch is not None:
+            self.watch.clear()
+        infos = await self.store.list(self.user, self.mailbox)
+        self.uidvalidity = status.uidvalidity
+        self.uidnext = max(status.uidnext, (infos[-1].uid + 1) if infos else 1)
+        self.uids = [m.uid for m in infos]
+        self.infos = {m.uid: m for m in infos}
+        self._claim_recent(self.uids)
+        out = [b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n",
+               b"* OK [PERMANENTFLAGS (" + (b"" if self.readonly else
+                                            b"\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*")
+               + b")] Flags permitted\r\n",
+               b"* %d EXISTS\r\n" % len(self.uids),
+               b"* %d RECENT\r\n" % len(self.recent)]
+        first_unseen = next((i + 1 for i, uid in enumerate(self.uids)
+                             if SEEN not in self.infos[uid].flags), None)
+        if first_unseen is not None:
+            out.append(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
+        out.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % self.uidvalidity)
+        out.append(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % self.uidnext)
+        return out
+
+    def _claim_recent(self, uids: Iterable[int]) -> None:
+        """\\Recent: a message is recent in the first session to see it (kept in memory)."""
+        key = (self.user, self.mailbox)
+        seen_up_to = self.recent_hub.get(key, 0)
+        new = [u for u in uids if u > seen_up_to]
+        if new and not self.readonly:
+            self.recent.update(new)
+            self.recent_hub[key] = max(new)
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+
+    async def refresh(self, expunges: bool, *, force: bool = False) -> list[bytes]:
+        """Untagged responses for what changed since the client last heard."""
+        if not force and (self.watch is None or not self.watch.changed):
+            return []
+        infos = await self.store.list(self.user, self.mailbox)
+        now = {m.uid: m for m in infos}
+        gone = [u for u in self.uids if u not in now]
+        if gone and not expunges:
+            return self._flag_updates(now, [])  # the expunges wait; the watch stays set
+        if self.watch is not None:
+            self.watch.clear()
+        out: list[bytes] = []
+        if gone:
+            gone_set = set(gone)
+            for seq in range(len(self.uids), 0, -1):
+                if self.uids[seq - 1] in gone_set:
+                    out.append(b"* %d EXPUNGE\r\n" % seq)
+            self.uids = [u for u in self.uids if u not in gone_set]
+            for u in gone:
+                self.infos.pop(u, None)
+                self.recent.discard(u)
+        out += self._flag_updates(now, out)
+        known = set(self.uids)
+        added = [m.uid for m in infos if m.uid not in known and m.uid > (self.uids[-1]
+                                                                        if self.uids else 0)]
+        if added:
+            self.uids.extend(added)
+            for u in added:
+                self.infos[u] = now[u]
+            self._claim_recent(added)
+            self.uidnext = max(self.uidnext, added[-1] + 1)
+            out.append(b"* %d EXISTS\r\n" % len(self.uids))
+            out.append(b"* %d RECENT\r\n" % len(self.recent))
+        return out
+
+    def _flag_updates(self, now: dict[int, Any], _done: list[bytes]) -> list[bytes]:
+        out = []
+        for seq, uid in enumerate(self.uids, 1):
+            new = now.get(uid)
+            if new is not None and new.flags != self.infos[uid].flags:
+                self.infos[uid] = new
+                out.append(b"* %d FETCH (FLAGS %s UID %d)\r\n"
+                           % (seq, wire.serialize(flag_list(self.flags_of(uid))), uid))
+        return out
+
+    # ---------------------------------------------------------------- helpers
+
+    def flags_of(self, uid: int) -> frozenset[str]:
+        flags = self.infos[uid].flags
+        return flags | {RECENT} if uid in self.recent else flags
+
+    def select(self, seqset: Any, uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) pairs that a sequence set names, in order."""
+        if not self.uids:
+            return []
+        if uid:
+            largest = self.uids[-1]
+            return [(i + 1, u) for i, u in enumerate(self.uids) if seqset.contains(u, largest)]
+        largest = len(self.uids)
+        return [(s, self.uids[s - 1]) for s in range(1, largest + 1)
+                if seqset.contains(s, largest)]
+
+    async def message(self, uid: int) -> mime.Message:
+        key = (self.user, self.mailbox, self.uidvalidity, uid)
+        msg = self.cache.get(key)
+        if msg is None:
+            msg = mime.Message(await self.store.get(self.user, self.mailbox, uid))
+            self.cache.put(key, msg)
+        return msg
+
+    # ---------------------------------------------------------------- FETCH
+
+    async def fetch(self, seqset: Any, items: tuple, uid: bool) -> list[bytes]:
+        names = {i.name for i in items}
+        content = bool(names & {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER",
+                                "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
+        out: list[bytes] = []
+        for seq, u in self.select(seqset, uid):
+            info = self.infos[u]
+            msg = await self.message(u) if content else None
+            parts: list[bytes] = []
+            set_seen = False
+            if uid and "UID" not in names:
+                parts.append(b"UID %d" % u)
+            for item in items:
+                name = item.name
+                if name == "UID":
+                    parts.append(b"UID %d" % u)
+                elif name == "FLAGS":
+                    continue  # after the data items, with \\Seen set by them
+                elif name == "INTERNALDATE":
+                    parts.append(b'INTERNALDATE "%s"' % internal_date(info.internal_date).encode())
+                elif name == "RFC822.SIZE":
+                    parts.append(b"RFC822.SIZE %d" % info.size)
+                elif name == "ENVELOPE":
+                    parts.append(b"ENVELOPE " + wire.serialize(msg.envelope()))
+                elif name == "BODYSTRUCTURE":
+                    parts.append(b"BODYSTRUCTURE " + wire.serialize(msg.bodystructure(True)))
+                elif name == "BODY" and item.section is None:
+                    parts.append(b"BODY " + wire.serialize(msg.bodystructure(False)))
+                elif name in ("BODY", "BINARY"):
+                    data = msg.section(item.section)
+                    if item.partial is not None:
+                        start, count = item.partial
+                        data = data[start:start + count]
+                    parts.append(item.response_name().encode() + b" " + wire.serialize(data))
+                    set_seen = set_seen or not item.peek
+                elif name == "RFC822":
+                    parts.append(b"RFC822 " + wire.serialize(msg.raw))
+                    set_seen = True
+                elif name == "RFC822.HEADER":
+                    parts.append(b"RFC822.HEADER " + wire.serialize(msg.section(
+                        wire.Section((), "HEADER", ()))))
+                elif name == "RFC822.TEXT":
+                    parts.append(b"RFC822.TEXT " + wire.serialize(msg.section(
+                        wire.Section((), "TEXT", ()))))
+                    set_seen = True
+                elif name == "MODSEQ":
+                    parts.append(b"MODSEQ (1)")
+            seen_now = False
+            if set_seen and not self.readonly and SEEN not in info.flags:
+                await self.store.set_flags(self.user, self.mailbox, u, info.flags | {SEEN})
+                self.infos[u] = info = _with_flags(info, info.flags | {SEEN})
+                seen_now = True
+            if "FLAGS" in names or seen_now:
+                parts.append(b"FLAGS " + wire.serialize(flag_list(self.flags_of(u))))
+            out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+        return out
+
+    # ---------------------------------------------------------------- SEARCH
+
+    async def search(self, key: Any, uid: bool) -> list[int]:
+        largest_seq = len(self.uids)
+        largest_uid = self.uids[-1] if self.uids else 0
+        found: list[int] = []
+        for seq, u in enumerate(self.uids, 1):
+            info = self.infos[u]
+
+            def loader(u: int = u) -> mime.Message:
+                raise _NeedMessage(u)
+
+            ctx = _Ctx(seq, u, largest_seq, largest_uid, self.flags_of(u), u in self.recent,
+                       info.internal_date, info.size, 1, loader)
+            try:
+                hit = search.matches(key, ctx)
+            except _NeedMessage:
+                msg = await self.message(u)
+                ctx.loader = lambda msg=msg: msg
+                hit = search.matches(key, ctx)
+            if hit:
+                found.append(u if uid else seq)
+        return found
+
+    # ---------------------------------------------------------------- STORE
+
+    async def store_flags(self, seqset: Any, args: Any, uid: bool) -> list[bytes]:
+        out: list[bytes] = []
+        given = frozenset(f for f in args.flags if f.lower() != RECENT.lower())
+        for seq, u in self.select(seqset, uid):
+            info = self.infos[u]
+            if args.mode == "+":
+                new = info.flags | given
+            elif args.mode == "-":
+                new = frozenset(f for f in info.flags
+                                if f.lower() not in {g.lower() for g in given})
+            else:
+                new = given
+            if new != info.flags:
+                await self.store.set_flags(self.user, self.mailbox, u, new)
+                stored = await self._stored_flags(u, new)
+                self.infos[u] = _with_flags(info, stored)
+            if not args.silent:
+                extra = b" UID %d" % u if uid else b""
+                out.append(b"* %d FETCH (FLAGS %s%s)\r\n"
+                           % (seq, wire.serialize(flag_list(self.flags_of(u))), extra))
+        return out
+
+    async def _stored_flags(self, uid: int, wanted: frozenset[str]) -> frozenset[str]:
+        # the store spells system flags canonically: use its spelling
+        canon = {"\\answered": "\\Answered", "\\flagged": "\\Flagged", "\\deleted": "\\Deleted",
+                 "\\seen": "\\Seen", "\\draft": "\\Draft"}
+        return frozenset(canon.get(f.lower(), f) for f in wanted)
+
+    # ---------------------------------------------------------------- COPY / MOVE / EXPUNGE
+
+    async def copy(self, seqset: Any, dest: str, uid: bool) -> tuple[str | None, list[int]]:
+        chosen = [u for _s, u in self.select(seqset, uid)]
+        if not chosen:
+            return None, []
+        mapping = await self.store.copy(self.user, self.mailbox, chosen, dest)
+        status = await self.store.status(self.user, dest)
+        src = sorted(mapping)
+        code = f"COPYUID {status.uidvalidity} {uid_set(src)} {uid_set(mapping[s] for s in src)}"
+        return code, chosen
+
+    async def expunge(self, uids: Iterable[int] | None = None) -> list[bytes]:
+        """Remove the \\Deleted messages (only those in ``uids`` when given)."""
+        wanted = set(uids) if uids is not None else None
+        doomed = [u for u in self.uids if DELETED in self.infos[u].flags
+                  and (wanted is None or u in wanted)]
+        return await self.remove(doomed)
+
+    async def remove(self, doomed: list[int]) -> list[bytes]:
+        if not doomed:
+            return []
+        await self.store.remove(self.user, self.mailbox, doomed)
+        gone = set(doomed)
+        out = [b"* %d EXPUNGE\r\n" % seq for seq in range(len(self.uids), 0, -1)
+               if self.uids[seq - 1] in gone]
+        self.uids = [u for u in self.uids if u not in gone]
+        for u in doomed:
+            self.infos.pop(u, None)
+            self.recent.discard(u)
+        return out
+
+
+class _NeedMessage(Exception):
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+
+
+def _with_flags(info: Any, flags: frozenset[str]) -> Any:
+    return dataclasses.replace(info, flags=frozenset(flags))
+
