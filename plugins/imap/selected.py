@@ -34,6 +34,10 @@ RECENT = "\\Recent"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+PREFETCH = 256
+"""Messages read from the store per trip (FETCH and SEARCH of contents)."""
+
+
 def internal_date(epoch: int) -> str:
     t = time.gmtime(epoch)
     return f"{t.tm_mday:02d}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year:04d} " \
@@ -64,7 +68,7 @@ class MessageCache:
     """Parsed messages by (user, mailbox, uidvalidity, uid), least recently used out
     once their bytes pass ``limit``."""
 
-    def __init__(self, limit: int = 128 * 1024 * 1024) -> None:
+    def __init__(self, limit: int = 64 * 1024 * 1024) -> None:
         self.limit = limit
         self.size = 0
         self._items: OrderedDict[tuple, mime.Message] = OrderedDict()
@@ -77,6 +81,9 @@ class MessageCache:
             self._items.move_to_end(key)
             self.hits += 1
         return msg
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._items
 
     def put(self, key: tuple, msg: mime.Message) -> None:
         if key in self._items:
@@ -213,6 +220,16 @@ class View:
 
     # ---------------------------------------------------------------- helpers
 
+    def lock(self) -> Any:
+        """The mailbox's read-modify-write lock (a no-op without a notifying store)."""
+        lock = getattr(self.store, "lock", None)
+        return lock(self.user, self.mailbox) if lock is not None else _NoLock()
+
+    async def current(self) -> dict[int, Any]:
+        """The flags as stored now (other sessions may have changed them since the client
+        last heard): what +FLAGS, -FLAGS, \\Seen and EXPUNGE must start from."""
+        return {m.uid: m for m in await self.store.list(self.user, self.mailbox)}
+
     def flags_of(self, uid: int) -> frozenset[str]:
         flags = self.infos[uid].flags
         return flags | {RECENT} if uid in self.recent else flags
@@ -228,6 +245,18 @@ class View:
         return [(s, self.uids[s - 1]) for s in range(1, largest + 1)
                 if seqset.contains(s, largest)]
 
+    async def prefetch(self, uids: list[int]) -> None:
+        """Read the messages not in the cache yet, many per trip to the store."""
+        get_many = getattr(self.store, "get_many", None)
+        if get_many is None:
+            return
+        base = (self.user, self.mailbox, self.uidvalidity)
+        missing = [u for u in uids if base + (u,) not in self.cache]
+        for i in range(0, len(missing), PREFETCH):
+            for uid, raw in (await get_many(self.user, self.mailbox,
+                                            missing[i:i + PREFETCH])).items():
+                self.cache.put(base + (uid,), mime.Message(raw))
+
     async def message(self, uid: int) -> mime.Message:
         key = (self.user, self.mailbox, self.uidvalidity, uid)
         msg = self.cache.get(key)
@@ -239,11 +268,32 @@ class View:
     # ---------------------------------------------------------------- FETCH
 
     async def fetch(self, seqset: Any, items: tuple, uid: bool) -> list[bytes]:
+        sets_seen = not self.readonly and any(
+            i.name in ("RFC822", "RFC822.TEXT") or (i.name == "BODY" and i.section is not None
+                                                   and not i.peek) for i in items)
+        if not sets_seen:
+            return await self._fetch(seqset, items, uid, None)
+        async with self.lock():  # \Seen is added to the flags as stored now
+            return await self._fetch(seqset, items, uid, await self.current())
+
+    async def _fetch(self, seqset: Any, items: tuple, uid: bool,
+                     now: dict[int, Any] | None) -> list[bytes]:
         names = {i.name for i in items}
         content = bool(names & {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER",
                                 "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
         out: list[bytes] = []
-        for seq, u in self.select(seqset, uid):
+        chosen = self.select(seqset, uid)
+        for first in range(0, len(chosen), PREFETCH):
+            if content:
+                await self.prefetch([u for _s, u in chosen[first:first + PREFETCH]])
+            out += await self._fetch_some(chosen[first:first + PREFETCH], items, names, content,
+                                          uid, now)
+        return out
+
+    async def _fetch_some(self, chosen: list[tuple[int, int]], items: tuple, names: set[str],
+                          content: bool, uid: bool, now: dict[int, Any] | None) -> list[bytes]:
+        out: list[bytes] = []
+        for seq, u in chosen:
             info = self.infos[u]
             msg = await self.message(u) if content else None
             parts: list[bytes] = []
@@ -286,9 +336,11 @@ class View:
                 elif name == "MODSEQ":
                     parts.append(b"MODSEQ (1)")
             seen_now = False
-            if set_seen and not self.readonly and SEEN not in info.flags:
-                await self.store.set_flags(self.user, self.mailbox, u, info.flags | {SEEN})
-                self.infos[u] = info = _with_flags(info, info.flags | {SEEN})
+            stored = now.get(u) if (set_seen and now is not None) else None
+            if stored is not None and SEEN not in info.flags:
+                if SEEN not in stored.flags:
+                    await self.store.set_flags(self.user, self.mailbox, u, stored.flags | {SEEN})
+                self.infos[u] = info = _with_flags(info, stored.flags | {SEEN})
                 seen_now = True
             if "FLAGS" in names or seen_now:
                 parts.append(b"FLAGS " + wire.serialize(flag_list(self.flags_of(u))))
@@ -312,6 +364,8 @@ class View:
             try:
                 hit = search.matches(key, ctx)
             except _NeedMessage:
+                if (self.user, self.mailbox, self.uidvalidity, u) not in self.cache:
+                    await self.prefetch(self.uids[seq - 1:seq - 1 + PREFETCH])
                 msg = await self.message(u)
                 ctx.loader = lambda msg=msg: msg
                 hit = search.matches(key, ctx)
@@ -324,24 +378,32 @@ class View:
     async def store_flags(self, seqset: Any, args: Any, uid: bool) -> list[bytes]:
         out: list[bytes] = []
         given = frozenset(f for f in args.flags if f.lower() != RECENT.lower())
-        for seq, u in self.select(seqset, uid):
-            info = self.infos[u]
-            if args.mode == "+":
-                new = info.flags | given
-            elif args.mode == "-":
-                new = frozenset(f for f in info.flags
-                                if f.lower() not in {g.lower() for g in given})
-            else:
-                new = given
-            if new != info.flags:
-                await self.store.set_flags(self.user, self.mailbox, u, new)
-                stored = await self._stored_flags(u, new)
-                self.infos[u] = _with_flags(info, stored)
-            if not args.silent:
-                extra = b" UID %d" % u if uid else b""
-                out.append(b"* %d FETCH (FLAGS %s%s)\r\n"
-                           % (seq, wire.serialize(flag_list(self.flags_of(u))), extra))
+        lowered = {g.lower() for g in given}
+        async with self.lock():
+            now = await self.current()
+            for seq, u in self.select(seqset, uid):
+                info = self.infos[u]
+                stored = now.get(u)
+                if stored is None:
+                    continue  # expunged by another session: the client hears of it later
+                if args.mode == "+":
+                    new = stored.flags | given
+                elif args.mode == "-":
+                    new = frozenset(f for f in stored.flags if f.lower() not in lowered)
+                else:
+                    new = given
+                if new != stored.flags:
+                    await self.store.set_flags(self.user, self.mailbox, u, new)
+                self.infos[u] = _with_flags(info, await self._stored_flags(u, new))
+                out += self._store_reply(seq, u, uid, args.silent)
         return out
+
+    def _store_reply(self, seq: int, u: int, uid: bool, silent: bool) -> list[bytes]:
+        if silent:
+            return []
+        extra = b" UID %d" % u if uid else b""
+        return [b"* %d FETCH (FLAGS %s%s)\r\n"
+                % (seq, wire.serialize(flag_list(self.flags_of(u))), extra)]
 
     async def _stored_flags(self, uid: int, wanted: frozenset[str]) -> frozenset[str]:
         # the store spells system flags canonically: use its spelling
@@ -364,9 +426,11 @@ class View:
     async def expunge(self, uids: Iterable[int] | None = None) -> list[bytes]:
         """Remove the \\Deleted messages (only those in ``uids`` when given)."""
         wanted = set(uids) if uids is not None else None
-        doomed = [u for u in self.uids if DELETED in self.infos[u].flags
-                  and (wanted is None or u in wanted)]
-        return await self.remove(doomed)
+        async with self.lock():
+            now = await self.current()
+            doomed = [u for u in self.uids if u in now and DELETED in now[u].flags
+                      and (wanted is None or u in wanted)]
+            return await self.remove(doomed)
 
     async def remove(self, doomed: list[int]) -> list[bytes]:
         if not doomed:
@@ -380,6 +444,14 @@ class View:
             self.infos.pop(u, None)
             self.recent.discard(u)
         return out
+
+
+class _NoLock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 class _NeedMessage(Exception):

@@ -89,8 +89,11 @@ def _bad(tag: str, text: str) -> bytes:
 
 
 def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
-    """LIST's wildcards: ``*`` matches anything, ``%`` anything but the separator."""
+    """LIST's wildcards: ``*`` matches anything, ``%`` anything but the separator.
+    ``INBOX`` is matched in any case (RFC 3501 5.1)."""
     full = reference + pattern
+    if full[:5].upper() == INBOX and (len(full) == 5 or full[5] in "/*%"):
+        full = INBOX + full[5:]
     rx = "".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in full)
     return re.compile(rx + r"\Z", re.S)
 
@@ -352,11 +355,12 @@ class Session:
             if ({"SUBSCRIBED"} & (select | returns)) else set()
         candidates = set(names) | parents
         if "SUBSCRIBED" in select:
-            candidates = subscribed | (parents & {p for s in subscribed for p in _ancestors(s)}
+            candidates = subscribed | ({p for s in subscribed for p in _ancestors(s)}
                                        if "RECURSIVEMATCH" in select else set())
         rxs = [_pattern(args.reference, p) for p in args.patterns]
         existing = set(names)
         out: list[bytes] = []
+        recursive = "RECURSIVEMATCH" in select and "SUBSCRIBED" in select
         for name in sorted(candidates, key=lambda n: (n != INBOX, n)):
             if not any(rx.match(name) for rx in rxs):
                 continue
@@ -364,8 +368,11 @@ class Session:
                                      "SUBSCRIBED" in (select | returns))
             if "SPECIAL-USE" in select and not any(a in SPECIAL_USE.values() for a in attrs):
                 continue
+            extended = b""
+            if recursive and any(s.startswith(name + "/") for s in subscribed):
+                extended = b' ("CHILDINFO" ("SUBSCRIBED"))'  # RFC 5258 3.5
             out.append(b"* LIST (" + " ".join(attrs).encode() + b') "/" '
-                       + wire.serialize(wire.encode_mailbox(name)) + b"\r\n")
+                       + wire.serialize(wire.encode_mailbox(name)) + extended + b"\r\n")
             if "STATUS" in returns and name in existing and getattr(args, "status_items", ()):
                 out.append(await self._status_line(name, args.status_items))
         return b"".join(out) + _ok(cmd.tag, "LIST done")
@@ -375,12 +382,21 @@ class Session:
         rx = _pattern(reference, pattern)
         names, parents = await self._tree()
         existing = set(names)
-        out = []
-        for name in sorted(await self.store.subscriptions(self.user)):
+        subscribed = set(await self.store.subscriptions(self.user))
+        shown: dict[str, list[str]] = {}
+        for name in sorted(subscribed):
             if rx.match(name):
-                attrs = [] if name in existing else ["\\Noselect"]
-                out.append(b"* LSUB (" + " ".join(attrs).encode() + b') "/" '
-                           + wire.serialize(wire.encode_mailbox(name)) + b"\r\n")
+                shown[name] = [] if name in existing else ["\\Noselect"]
+                continue
+            # a subscribed child that "%" does not reach shows its unsubscribed parent
+            # as \Noselect (RFC 3501 6.3.9)
+            for parent in _ancestors(name):
+                if parent not in subscribed and parent not in shown and rx.match(parent):
+                    shown[parent] = ["\\Noselect"]
+        out = []
+        for name in sorted(shown, key=lambda n: (n != INBOX, n)):
+            out.append(b"* LSUB (" + " ".join(shown[name]).encode() + b') "/" '
+                       + wire.serialize(wire.encode_mailbox(name)) + b"\r\n")
         return b"".join(out) + _ok(cmd.tag, "LSUB done")
 
     async def _status_line(self, mailbox: str, items: tuple[str, ...]) -> bytes:
@@ -392,7 +408,11 @@ class Session:
             if item == "MESSAGES":
                 values += ["MESSAGES", str(status.messages)]
             elif item == "RECENT":
-                values += ["RECENT", "0"]
+                # not yet seen by any session that selected the mailbox (see View)
+                seen_up_to = self.recent_hub.get((self.user, mailbox), 0)
+                recent = sum(1 for m in await self.store.list(self.user, mailbox)
+                             if m.uid > seen_up_to)
+                values += ["RECENT", str(recent)]
             elif item == "UIDNEXT":
                 values += ["UIDNEXT", str(status.uidnext)]
             elif item == "UIDVALIDITY":

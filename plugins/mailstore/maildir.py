@@ -109,6 +109,8 @@ LOCK = ".ingot-lock"
 STATE = "ingot-state"
 UIDVALIDITY = "ingot-uidvalidity"
 SUBSCRIPTIONS = "ingot-subscriptions"
+SCAN_SETTLE_NS = 50_000_000
+"""A scan is reused only if it started this long after new/ and cur/ last changed."""
 KEYWORDS = "dovecot-keywords"
 FOLDER_MARK = "maildirfolder"
 TMP_MAX_AGE = 36 * 3600
@@ -166,6 +168,7 @@ class _Box:
         self.lock = asyncio.Lock()
         self.uid_lock = threading.Lock()  # scans may assign UIDs in a worker thread
         self.fds: dict[str, int] = {}
+        self.scan_cache: tuple | None = None  # (folder mtimes, scan start, infos, files)
         self.synced = threading.Condition()
         self.syncs: dict[str, list[int]] = {}  # sub -> [fsyncs started, last one done, running]
 
@@ -582,6 +585,25 @@ class MaildirStore:
         return shown
 
     def _scan_io(self, box: _Box) -> tuple[list[MessageInfo], dict[int, str], set[int]]:
+        # A folder's mtime changes with every file created, renamed or removed in it, so
+        # an unchanged new/ and cur/ mean an unchanged mailbox: the last scan is reused.
+        # The mtime comes from a coarse clock (a few ms): the scan is trusted only when it
+        # started well after the folders last changed.
+        started = time.time_ns()
+        try:
+            marks = (os.stat(os.path.join(box.path, "new")).st_mtime_ns,
+                     os.stat(os.path.join(box.path, "cur")).st_mtime_ns)
+        except OSError:
+            marks = None
+        cached = box.scan_cache
+        if marks is not None and cached is not None and cached[0] == marks \
+                and cached[1] - max(marks) > SCAN_SETTLE_NS:
+            return cached[2], cached[3], set()
+        infos, files, foreign = self._scan_folders(box)
+        box.scan_cache = (marks, started, infos, files) if marks is not None else None
+        return infos, files, foreign
+
+    def _scan_folders(self, box: _Box) -> tuple[list[MessageInfo], dict[int, str], set[int]]:
         found: list[tuple[str, str]] = []
         for sub in ("cur", "new"):
             for name in os.listdir(os.path.join(box.path, sub)):
@@ -679,6 +701,35 @@ class MaildirStore:
             infos = await self._scan(box)
         unseen = sum(1 for m in infos if SEEN not in m.flags)
         return MailboxStatus(box.uidvalidity, box.uidnext, len(infos), unseen)
+
+    async def get_many(self, user: str, mailbox: str, uids: Iterable[int]) -> dict[int, bytes]:
+        """Several messages read in one go (missing ones left out): one trip to the
+        worker thread instead of one per message."""
+        user, mailbox = check_user(user), check_mailbox(mailbox)
+        wanted = [check_uid(u) for u in uids]
+        box = await self._box(user, mailbox)
+        got: dict[int, bytes] = {}
+        for attempt in range(2):
+            async with box.lock:
+                if attempt:
+                    await self._scan(box)  # files renamed meanwhile (new flags)
+                paths = {u: os.path.join(box.path, box.files[u]) for u in wanted
+                         if u not in got and u in box.files and u not in box.inflight}
+
+            def read_all(paths: dict[int, str] = paths) -> dict[int, bytes]:
+                out = {}
+                for uid, path in paths.items():
+                    try:
+                        with open(path, "rb") as f:
+                            out[uid] = f.read()
+                    except OSError:
+                        pass
+                return out
+
+            got.update(await self._io(read_all))
+            if all(u in got for u in wanted if u not in box.inflight):
+                break
+        return got
 
     async def get(self, user: str, mailbox: str, uid: int) -> bytes:
         user, mailbox, uid = check_user(user), check_mailbox(mailbox), check_uid(uid)

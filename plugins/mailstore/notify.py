@@ -55,6 +55,12 @@ class Notifying:
     def __init__(self, store: Any) -> None:
         self.store = store
         self._watchers: dict[tuple[str, str], set[Watch]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def lock(self, user: str, mailbox: str) -> asyncio.Lock:
+        """Held around a read-modify-write of flags (STORE +FLAGS, the \\Seen of a
+        FETCH, EXPUNGE), so that two sessions' changes never overwrite each other."""
+        return self._locks.setdefault(_key(user, mailbox), asyncio.Lock())
 
     def watch(self, user: str, mailbox: str) -> Watch:
         w = Watch(self, _key(user, mailbox))

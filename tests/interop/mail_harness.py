@@ -31,10 +31,19 @@ SERVICES = ("smtp", "submission", "smtps", "imap", "imaps")
 DKIM_KEY = CONFIG / "dkim" / "example.test.pem"
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port not handed out before in this test run (the kernel may give a
+    port that was just released to the next caller)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def build_images(work: Path) -> dict[str, Path]:
@@ -146,13 +155,16 @@ class MailServer(Process):
     """The mail image on free ports, with the example config and folders under ``root``."""
 
     def __init__(self, image: Path, root: Path, dns_port: int, *args: str,
-                 ports: dict[str, int] | None = None, config: Path = CONFIG) -> None:
+                 ports: dict[str, int] | None = None, config: Path = CONFIG,
+                 stores: tuple[str, ...] | None = None) -> None:
+        """``stores`` replaces the default ``--queue-path``/``--mailboxes-path`` arguments."""
         self.root = root
         self.ports = ports or {s: free_port() for s in SERVICES}
         self.queue = root / "queue"
         self.mailboxes = root / "mailboxes"
-        argv = [sys.executable, str(image), "--config-path", str(config),
-                "--queue-path", str(self.queue), "--mailboxes-path", str(self.mailboxes),
+        if stores is None:
+            stores = ("--queue-path", str(self.queue), "--mailboxes-path", str(self.mailboxes))
+        argv = [sys.executable, str(image), "--config-path", str(config), *stores,
                 "--resolver-upstreams", f"127.0.0.1:{dns_port}", "--domains", "example.test",
                 "--hostname", "mail.example.test",
                 "--smtp-port", str(self.ports["smtp"]),
@@ -234,8 +246,9 @@ def start_mail(mail_images, mail_dns, tmp_path):
     """``start_mail(*args, **kw)`` starts a :class:`MailServer`; all are stopped at the end."""
     started: list[MailServer] = []
 
-    def start(*args: str, **kw) -> MailServer:
-        server = MailServer(mail_images["mail"], tmp_path / "mail", mail_dns.port, *args, **kw)
+    def start(*args: str, image: Path | None = None, **kw) -> MailServer:
+        server = MailServer(image or mail_images["mail"], tmp_path / "mail", mail_dns.port,
+                            *args, **kw)
         started.append(server)
         return server
 

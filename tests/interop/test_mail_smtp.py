@@ -6,16 +6,32 @@ from __future__ import annotations
 import email
 import email.policy
 import socket
+import subprocess
 import ssl
 import time
+
+from pathlib import Path
 
 import dkim
 import pytest
 
+from tests.conftest import ROOT, Cli
 from tests.interop import postfix_peer
 from tests.interop.mail_harness import SERVICES, MailServer, dig_txt, free_port, replies, swaks
 
 pytestmark = pytest.mark.slow
+
+@pytest.fixture
+def cli_factory_mail(tmp_path):
+    """Build the mail image with other device choices: ``cli_factory_mail(*configure_args)``."""
+    def build(*args: str) -> Path:
+        cli = Cli(tmp_path / "build")
+        (tmp_path / "build").mkdir(exist_ok=True)
+        cli("configure", ROOT / "appliances" / "mail", "--target", "unix", *args)
+        cli("build", ROOT / "appliances" / "mail", timeout=300)
+        return cli.image("mail-unix")
+    return build
+
 
 @pytest.fixture
 def postfix(tmp_path):
@@ -238,3 +254,26 @@ def test_a_message_that_outlives_the_queue_lifetime_bounces_with_4_4_7(start_mai
     text = parse(raw).as_string()
     assert "Status: 4.4.7" in text and "Final-Recipient: rfc822; erin@remote.test" in text
     assert mail.queued() == []
+
+
+def test_mailboxes_and_queue_in_git_one_commit_per_delivery(cli_factory_mail, start_mail,
+                                                            tmp_path):
+    """--mailboxes kv --queue git: every delivery is a commit in the queue's repository."""
+    image = cli_factory_mail("--mailboxes", "kv", "--queue", "git")
+    repo = tmp_path / "store.git"
+    mail = start_mail(image=image, stores=("--queue-repo", str(repo), "--queue-init", "true"))
+    for i in range(2):
+        out = replies(swaks("--server", f"127.0.0.1:{mail.ports['smtp']}", "--from",
+                            "someone@example.test", "--to", "bob@example.test", "--header",
+                            f"Subject: in git {i}").stdout)
+        assert out[-2].startswith("250 2.0.0"), out
+    mail.stop()
+    log = subprocess.run(["git", "--git-dir", str(repo), "log", "--format=%s", "main"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert log[:2] == ["deliver to bob@example.test/INBOX uid 2",
+                       "deliver to bob@example.test/INBOX uid 1"], log
+    assert subprocess.run(["git", "--git-dir", str(repo), "fsck", "--strict"],
+                          capture_output=True).returncode == 0
+    files = subprocess.run(["git", "--git-dir", str(repo), "ls-tree", "-r", "--name-only",
+                            "main"], capture_output=True, text=True, check=True).stdout
+    assert "bob@example.test/INBOX/m/0/0/1" in files, files
