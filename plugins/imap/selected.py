@@ -19,6 +19,7 @@ mailbox, UIDVALIDITY and UID: a message's bytes never change under a UID).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections import OrderedDict
@@ -36,6 +37,44 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 PREFETCH = 256
 """Messages read from the store per trip (FETCH and SEARCH of contents)."""
+READERS = 4
+"""Store reads in flight at once while prefetching."""
+CACHE_MAGIC = b"INGOT-IMAP-CACHE 1 "
+SAVE_AFTER = 64
+"""New derived values that make a FETCH write the mailbox's cache blob again."""
+_DERIVED = {"ENVELOPE": b"E", "BODYSTRUCTURE": b"B", "BODY": b"S"}
+
+
+def encode_derived(uidvalidity: int, entries: dict[tuple[int, bytes], bytes]) -> bytes:
+    out = [CACHE_MAGIC + b"%d\n" % uidvalidity]
+    for (uid, kind), data in entries.items():
+        out.append(b"%d %s %d\n" % (uid, kind, len(data)))
+        out.append(data)
+        out.append(b"\n")
+    return b"".join(out)
+
+
+def decode_derived(blob: bytes, uidvalidity: int) -> dict[tuple[int, bytes], bytes]:
+    """The entries of a cache blob; {} when it is of another UIDVALIDITY or damaged."""
+    end = blob.find(b"\n")
+    if not blob.startswith(CACHE_MAGIC) or end < 0 \
+            or blob[len(CACHE_MAGIC):end] != b"%d" % uidvalidity:
+        return {}
+    entries: dict[tuple[int, bytes], bytes] = {}
+    pos = end + 1
+    try:
+        while pos < len(blob):
+            eol = blob.index(b"\n", pos)
+            uid, kind, size = blob[pos:eol].split(b" ")
+            start = eol + 1
+            n = int(size)
+            if blob[start + n:start + n + 1] != b"\n" or kind not in (b"E", b"B", b"S"):
+                return {}
+            entries[(int(uid), kind)] = blob[start:start + n]
+            pos = start + n + 1
+    except ValueError:
+        return {}
+    return entries
 
 
 def internal_date(epoch: int) -> str:
@@ -74,6 +113,10 @@ class MessageCache:
         self._items: OrderedDict[tuple, mime.Message] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        # ENVELOPE / BODYSTRUCTURE / BODY as serialized, by (user, mailbox, uidvalidity),
+        # then (uid, kind): kept in the store's cache blob across restarts
+        self.derived: dict[tuple, dict[tuple[int, bytes], bytes]] = {}
+        self.dirty: dict[tuple, int] = {}
 
     def get(self, key: tuple) -> mime.Message | None:
         msg = self._items.get(key)
@@ -145,6 +188,7 @@ class View:
         self.uids = [m.uid for m in infos]
         self.infos = {m.uid: m for m in infos}
         self._claim_recent(self.uids)
+        await self._load_derived()
         out = [b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n",
                b"* OK [PERMANENTFLAGS (" + (b"" if self.readonly else
                                             b"\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*")
@@ -245,6 +289,39 @@ class View:
         return [(s, self.uids[s - 1]) for s in range(1, largest + 1)
                 if seqset.contains(s, largest)]
 
+    @property
+    def _box_key(self) -> tuple:
+        return (self.user, self.mailbox, self.uidvalidity)
+
+    async def _load_derived(self) -> None:
+        key = self._box_key
+        if key in self.cache.derived:
+            return
+        load = getattr(self.store, "load_cache", None)
+        blob = await load(self.user, self.mailbox) if load is not None else None
+        self.cache.derived[key] = decode_derived(blob, self.uidvalidity) if blob else {}
+
+    async def _save_derived(self) -> None:
+        key = self._box_key
+        if self.cache.dirty.get(key, 0) < SAVE_AFTER:
+            return
+        save = getattr(self.store, "save_cache", None)
+        if save is None:
+            return
+        self.cache.dirty[key] = 0
+        live = set(self.uids)
+        entries = {k: v for k, v in self.cache.derived.get(key, {}).items() if k[0] in live}
+        self.cache.derived[key] = entries
+        await save(self.user, self.mailbox, encode_derived(self.uidvalidity, entries))
+
+    def _derived(self, uid: int, kind: bytes, make: Any) -> bytes:
+        entries = self.cache.derived.setdefault(self._box_key, {})
+        data = entries.get((uid, kind))
+        if data is None:
+            data = entries[(uid, kind)] = wire.serialize(make())
+            self.cache.dirty[self._box_key] = self.cache.dirty.get(self._box_key, 0) + 1
+        return data
+
     async def prefetch(self, uids: list[int]) -> None:
         """Read the messages not in the cache yet, many per trip to the store."""
         get_many = getattr(self.store, "get_many", None)
@@ -252,9 +329,12 @@ class View:
             return
         base = (self.user, self.mailbox, self.uidvalidity)
         missing = [u for u in uids if base + (u,) not in self.cache]
-        for i in range(0, len(missing), PREFETCH):
-            for uid, raw in (await get_many(self.user, self.mailbox,
-                                            missing[i:i + PREFETCH])).items():
+        # a few reads at once: a disk (virtual ones most) answers them faster together
+        chunk = max(1, -(-len(missing) // READERS))
+        results = await asyncio.gather(*(get_many(self.user, self.mailbox, missing[i:i + chunk])
+                                         for i in range(0, len(missing), chunk)))
+        for got in results:
+            for uid, raw in got.items():
                 self.cache.put(base + (uid,), mime.Message(raw))
 
     async def message(self, uid: int) -> mime.Message:
@@ -279,23 +359,29 @@ class View:
     async def _fetch(self, seqset: Any, items: tuple, uid: bool,
                      now: dict[int, Any] | None) -> list[bytes]:
         names = {i.name for i in items}
-        content = bool(names & {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER",
-                                "RFC822.TEXT", "BINARY", "BINARY.SIZE"})
+        raw = any(i.name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT")
+                  or (i.name == "BODY" and i.section is not None) for i in items)
+        kinds = [_DERIVED[i.name] for i in items
+                 if i.name in _DERIVED and (i.name != "BODY" or i.section is None)]
+        derived = self.cache.derived.setdefault(self._box_key, {})
         out: list[bytes] = []
         chosen = self.select(seqset, uid)
         for first in range(0, len(chosen), PREFETCH):
-            if content:
-                await self.prefetch([u for _s, u in chosen[first:first + PREFETCH]])
-            out += await self._fetch_some(chosen[first:first + PREFETCH], items, names, content,
-                                          uid, now)
+            batch = chosen[first:first + PREFETCH]
+            need = [u for _s, u in batch
+                    if raw or any((u, k) not in derived for k in kinds)]
+            if need:
+                await self.prefetch(need)
+            out += await self._fetch_some(batch, items, names, set(need), uid, now)
+        await self._save_derived()
         return out
 
     async def _fetch_some(self, chosen: list[tuple[int, int]], items: tuple, names: set[str],
-                          content: bool, uid: bool, now: dict[int, Any] | None) -> list[bytes]:
+                          content: set[int], uid: bool, now: dict[int, Any] | None) -> list[bytes]:
         out: list[bytes] = []
         for seq, u in chosen:
             info = self.infos[u]
-            msg = await self.message(u) if content else None
+            msg = await self.message(u) if u in content else None
             parts: list[bytes] = []
             set_seen = False
             if uid and "UID" not in names:
@@ -311,11 +397,13 @@ class View:
                 elif name == "RFC822.SIZE":
                     parts.append(b"RFC822.SIZE %d" % info.size)
                 elif name == "ENVELOPE":
-                    parts.append(b"ENVELOPE " + wire.serialize(msg.envelope()))
+                    parts.append(b"ENVELOPE " + self._derived(u, b"E", lambda: msg.envelope()))
                 elif name == "BODYSTRUCTURE":
-                    parts.append(b"BODYSTRUCTURE " + wire.serialize(msg.bodystructure(True)))
+                    parts.append(b"BODYSTRUCTURE " + self._derived(
+                        u, b"B", lambda: msg.bodystructure(True)))
                 elif name == "BODY" and item.section is None:
-                    parts.append(b"BODY " + wire.serialize(msg.bodystructure(False)))
+                    parts.append(b"BODY " + self._derived(u, b"S",
+                                                          lambda: msg.bodystructure(False)))
                 elif name in ("BODY", "BINARY"):
                     data = msg.section(item.section)
                     if item.partial is not None:

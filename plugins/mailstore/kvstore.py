@@ -5,6 +5,7 @@ Layout in the store::
     <user>/.user                      {"uidvalidity": <the last one handed out>}
     <user>/.subscriptions             subscribed mailbox names, one per line
     <user>/<box>/meta                 {"uidvalidity": .., "uidnext": ..}
+    <user>/<box>/cache                what readers derived from the messages (IMAP)
     <user>/<box>/m/<uid // 10000>/<uid // 100>/<uid>    the message's bytes
     <user>/<box>/i/<uid // 10000>/<uid // 100>/<uid>    {"flags": [..], "date": <s>, "size": <n>}
 
@@ -427,6 +428,19 @@ class KvMailStore:
         async with self._lock:
             await self._meta(user, INBOX)
             return sorted(await self._names(user))
+
+    async def load_cache(self, user: str, mailbox: str) -> bytes | None:
+        user, mailbox = check_user(user), check_mailbox(mailbox)
+        with _kv_errors(f"reading {user}/{mailbox}'s cache", mailbox):
+            try:
+                return await self._kv.get(f"{self._base(user, mailbox)}/cache")
+            except NotFound:
+                return None
+
+    async def save_cache(self, user: str, mailbox: str, data: bytes) -> None:
+        user, mailbox = check_user(user), check_mailbox(mailbox)
+        with _kv_errors(f"writing {user}/{mailbox}'s cache", mailbox):
+            await self._kv.set(f"{self._base(user, mailbox)}/cache", bytes(data))
 
     async def subscriptions(self, user: str) -> list[str]:
         user = check_user(user)

@@ -11,6 +11,7 @@ Layout (readable by Dovecot, mutt, Python's :mod:`mailbox`)::
     <maildir>/dovecot-keywords        keyword index, Dovecot's format
     root/<user>/ingot-uidvalidity     the last UIDVALIDITY handed out
     root/<user>/ingot-subscriptions   subscribed mailbox names, one per line
+    <mailbox folder>/ingot-cache      what readers derived from the messages (IMAP)
 
 Mailbox names map to Maildir++ folder names segment by segment: in each
 ``/``-separated segment ``%`` becomes ``%25`` and ``.`` becomes ``%2E``; the
@@ -109,6 +110,7 @@ LOCK = ".ingot-lock"
 STATE = "ingot-state"
 UIDVALIDITY = "ingot-uidvalidity"
 SUBSCRIPTIONS = "ingot-subscriptions"
+CACHE = "ingot-cache"
 SCAN_SETTLE_NS = 50_000_000
 """A scan is reused only if it started this long after new/ and cur/ last changed."""
 KEYWORDS = "dovecot-keywords"
@@ -323,6 +325,22 @@ class MaildirStore:
         _fsync_path(udir)
         self._last_uidvalidity[user] = value
         return value
+
+    async def load_cache(self, user: str, mailbox: str) -> bytes | None:
+        box = await self._box(check_user(user), check_mailbox(mailbox))
+
+        def read() -> bytes | None:
+            try:
+                with open(os.path.join(box.path, CACHE), "rb") as f:
+                    return f.read()
+            except OSError:
+                return None
+
+        return await self._io(read)
+
+    async def save_cache(self, user: str, mailbox: str, data: bytes) -> None:
+        box = await self._box(check_user(user), check_mailbox(mailbox))
+        await self._io(self._atomic_write, box, CACHE, bytes(data))
 
     async def subscriptions(self, user: str) -> list[str]:
         user = check_user(user)

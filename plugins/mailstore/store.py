@@ -230,6 +230,18 @@ class MailStore(Protocol):
         """
         ...
 
+    async def load_cache(self, user: str, mailbox: str) -> bytes | None:
+        """The mailbox's cache blob (what :meth:`save_cache` stored last), or None.
+
+        A cache holds what readers derived from messages (IMAP keeps ENVELOPE and
+        BODYSTRUCTURE there): it may be lost or stale at any time and is never
+        the only copy of anything."""
+        ...
+
+    async def save_cache(self, user: str, mailbox: str, data: bytes) -> None:
+        """Replace the mailbox's cache blob (atomically; durability is not promised)."""
+        ...
+
     async def subscriptions(self, user: str) -> list[str]:
         """The mailbox names the user subscribed to (IMAP SUBSCRIBE), sorted; a
         name may outlive its mailbox (RFC 3501 6.3.6)."""
