@@ -48,24 +48,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.bench.mailkit import PROFILE, peak_rss_kib, profile_path  # noqa: E402
+
 ALICE, PASSWORD = "alice@example.test", "alice-password"
 USERS = {ALICE: PASSWORD, "bob@example.test": "bob-password"}
 WORD = "zanzibarite"
 
-PROFILE = r"""
-import cProfile, runpy, sys
-out, image = sys.argv[1], sys.argv[2]
-sys.argv = [image, *sys.argv[3:]]
-prof = cProfile.Profile()
-prof.enable()
-try:
-    runpy.run_path(image, run_name="__main__")
-except (SystemExit, KeyboardInterrupt):
-    pass
-finally:
-    prof.disable()
-    prof.dump_stats(out)
-"""
 
 
 class Timeout(Exception):
@@ -347,22 +335,6 @@ def drop_caches(enabled: bool) -> None:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     except OSError:
         pass
-
-
-def profile_path(base: str, name: str) -> Path:
-    """Where the profile of a phase goes: BASE with the phase's name before its suffix."""
-    p = Path(base).resolve()
-    return p.with_name(f"{p.stem}.{name}{p.suffix or '.prof'}")
-
-
-def peak_rss_kib(pid: int | None) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, TypeError):
-        return None
-    return None
 
 
 class IngotTarget:

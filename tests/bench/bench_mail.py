@@ -50,22 +50,11 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.bench.mailkit import PROFILE, peak_rss_kib, profile_path  # noqa: E402
 ALL = "ingot,ingot-verify,ingot-dkim,sink,postfix"
 
-PROFILE = r"""
-import cProfile, runpy, signal, sys
-out, image = sys.argv[1], sys.argv[2]
-sys.argv = [image, *sys.argv[3:]]
-prof = cProfile.Profile()
-prof.enable()
-try:
-    runpy.run_path(image, run_name="__main__")
-except (SystemExit, KeyboardInterrupt):
-    pass
-finally:
-    prof.disable()
-    prof.dump_stats(out)
-"""
 
 
 # ---------------------------------------------------------------- the clients
@@ -205,16 +194,6 @@ def wait_banner(port: int, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing answers 220 on port {port}")
-
-
-def peak_rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def maildir_count(mailboxes: Path) -> int:
@@ -407,12 +386,6 @@ def main() -> int:
                 print(f"\ncProfile of {name} (main thread only), {out}, top 25 by {key}:")
                 pstats.Stats(str(out)).sort_stats(key).print_stats(25)
     return 0
-
-
-def profile_path(base: str, name: str) -> Path:
-    """Where the profile of row ``name`` goes: BASE with the row's name before its suffix."""
-    p = Path(base).resolve()
-    return p.with_name(f"{p.stem}.{name}{p.suffix or '.prof'}")
 
 
 def _profiled(cls, wrapper: Path, out: Path, image: Path, root: Path, dns_port: int,
