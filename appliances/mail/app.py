@@ -52,6 +52,28 @@ NOT_OWNER = Reply(553, ("Sender address not owned by the authenticated user",), 
 TEMP = Reply(451, ("Local error in processing, try again later",), "4.3.0")
 
 
+def strip_own_results(data: bytes, authserv_id: str) -> bytes:
+    """The message without Authentication-Results fields that claim to be ours: a sender
+    could forge them (RFC 8601 5). Other servers' fields and the body stay as they are."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or b"authentication-results" not in data[:end].lower():
+        return data
+    own = authserv_id.lower().encode()
+    kept: list[bytes] = []
+    drop = False
+    for line in data[:end + 2].split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if not drop:
+                kept.append(line)
+            continue
+        name, _, value = line.partition(b":")
+        drop = name.strip().lower() == b"authentication-results" and \
+            value.strip().split(b";")[0].split()[:1] == [own]
+        if not drop:
+            kept.append(line)
+    return b"\r\n".join(kept) + data[end:]
+
+
 def _header_date(t: float) -> str:
     return email.utils.format_datetime(datetime.fromtimestamp(t, timezone.utc))
 
@@ -275,7 +297,8 @@ class MxHandler:
                 app.log.info("refused by DMARC policy", session=session.id, domain=author,
                              spf=spf.result)
                 return Reply(550, (f"Rejected by the DMARC policy of {author}",), "5.7.1")
-            data = b"Authentication-Results: " + header.encode() + b"\r\n" + data
+            data = b"Authentication-Results: " + header.encode() + b"\r\n" \
+                + strip_own_results(data, app.keys.hostname)
         return await app.accept(session, envelope, data)
 
 
