@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives import hmac as c_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from .wire import Opcode
+
 __all__ = [
     "CryptoError", "AuthFailed", "Replayed", "PacketIdExhausted",
     "Key", "Key2", "parse_static_key", "format_static_key", "directional_keys",
@@ -47,15 +49,15 @@ __all__ = [
     "EKM_LABEL", "EKM_SIZE",
 ]
 
-# Opcodes (the high 5 bits of the first byte; the low 3 bits are the key id).
-P_CONTROL_V1 = 4
-P_ACK_V1 = 5
-P_DATA_V1 = 6
-P_CONTROL_HARD_RESET_CLIENT_V2 = 7
-P_CONTROL_HARD_RESET_SERVER_V2 = 8
-P_DATA_V2 = 9
-P_CONTROL_HARD_RESET_CLIENT_V3 = 10
-P_CONTROL_WKC_V1 = 11
+# Opcodes (the high 5 bits of the first byte; the low 3 bits are the key id): wire's.
+P_CONTROL_V1 = int(Opcode.P_CONTROL_V1)
+P_ACK_V1 = int(Opcode.P_ACK_V1)
+P_DATA_V1 = int(Opcode.P_DATA_V1)
+P_CONTROL_HARD_RESET_CLIENT_V2 = int(Opcode.P_CONTROL_HARD_RESET_CLIENT_V2)
+P_CONTROL_HARD_RESET_SERVER_V2 = int(Opcode.P_CONTROL_HARD_RESET_SERVER_V2)
+P_DATA_V2 = int(Opcode.P_DATA_V2)
+P_CONTROL_HARD_RESET_CLIENT_V3 = int(Opcode.P_CONTROL_HARD_RESET_CLIENT_V3)
+P_CONTROL_WKC_V1 = int(Opcode.P_CONTROL_WKC_V1)
 
 SID_SIZE = 8
 EKM_LABEL = b"EXPORTER-OpenVPN-datakeys"
