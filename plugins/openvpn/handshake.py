@@ -1,0 +1,375 @@
+"""The server side of one OpenVPN 2.6 control session, sans-I/O, up to established data keys.
+
+One :class:`ServerSession` per client session id. Bytes in (control packets in plaintext form:
+the caller has already unwrapped tls-crypt / tls-auth), time in (``now_ns``, monotonic), events
+out: :class:`SendPacket` (a plaintext control packet for the caller to wrap and send),
+:class:`Established`, :class:`Failed`. No socket, clock or random source here: the caller passes
+our session id and the key-method-2 randoms. TLS itself runs in Python's ``ssl`` over memory BIOs
+(``SSLContext.wrap_bio``), so the TLS state lives in that object; OpenSSL draws its own randoms.
+
+Steps (ssl.c, ssl_pkt.c of OpenVPN 2.6)::
+
+    client                                   server (this)
+    HARD_RESET_CLIENT_V2 (id 0)    ->
+                                   <-        HARD_RESET_SERVER_V2 (id 0, acks client id 0)
+    CONTROL_V1: TLS handshake      <->       CONTROL_V1: TLS handshake (client cert required)
+    TLS data: key-method-2 (pre_master, randoms, options, peer info)  ->
+                                   <-        TLS data: key-method-2 (randoms, options)
+    TLS data: "PUSH_REQUEST\\0"     ->
+                                   <-        TLS data: "PUSH_REPLY,...\\0"  => Established
+
+Data keys: CPython's ``ssl`` cannot export keying material (RFC 5705), so we never push
+``protocol-flags ... tls-ekm``; OpenVPN 2.6 then derives the keys with its TLS 1.0 PRF over the
+key-method-2 randoms and both session ids (ssl.c ``generate_key_expansion``: the exporter is used
+only when ``CO_USE_TLS_KEY_MATERIAL_EXPORT`` is set, which a pulling client takes from the pushed
+``protocol-flags``), and so do we (:meth:`DataKeys.from_prf`).
+
+Reliability: every control packet but P_ACK_V1 goes through :class:`ReliableChannel` (window 6,
+OpenVPN's ``TLS_RELIABLE_N_SEND_BUFFERS``); our HARD_RESET_SERVER_V2 takes packet id 0 like the
+stock server's. Only key id 0 (the first key) is handled: renegotiation is not implemented, nor
+tls-crypt-v2, auth-user-pass, or TCP framing (the caller's job).
+
+Bad input never raises: a packet that does not parse or does not belong to this session is
+dropped and counted in ``dropped`` (``last_drop`` says why). A TLS error, a rejected client
+certificate, no common data cipher or the hand-window running out end the session with
+:class:`Failed` (a TLS alert, if any, is still handed out first as a :class:`SendPacket`).
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from dataclasses import dataclass
+
+from . import wire
+from .crypto import DataKeys
+from .reliable import ReliableChannel
+from .wire import ControlPacket, MalformedPacket, Opcode
+
+__all__ = ["SendPacket", "Established", "Failed", "PushOptions", "ServerSession",
+           "server_ssl_context", "TLS_RELIABLE_WINDOW", "DEFAULT_HAND_WINDOW_NS"]
+
+TLS_RELIABLE_WINDOW = 6  # OpenVPN 2.6 ssl_pkt.h TLS_RELIABLE_N_SEND_BUFFERS
+DEFAULT_HAND_WINDOW_NS = 60_000_000_000
+DEFAULT_MAX_PAYLOAD = 1100  # TLS bytes per control packet (stock tls-mtu 1250 less headers)
+_MAX_KM2 = 1 << 16
+
+
+@dataclass(frozen=True)
+class SendPacket:
+    """A plaintext control packet: wrap it (tls-crypt / tls-auth) and send it to the client."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Established:
+    """The PUSH_REPLY went out: build the data channel with ``keys.channel(cipher, server=True)``."""
+
+    keys: DataKeys
+    cipher: str
+    peer_id: int
+    client_common_name: str
+    peer_info: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """What the PUSH_REPLY carries. ``data_ciphers`` in our order of preference; the pushed cipher
+    is the first of them the client lists in IV_CIPHERS. ``extra`` options go at the end."""
+
+    ifconfig: tuple[str, str]  # (client address, netmask) for topology subnet
+    route_gateway: str | None = None
+    topology: str = "subnet"
+    ping: int = 10
+    ping_restart: int = 60
+    peer_id: int = 0
+    data_ciphers: tuple[str, ...] = ("AES-256-GCM", "CHACHA20-POLY1305")
+    tun_mtu: int | None = 1500
+    extra: tuple[tuple[str, ...], ...] = ()
+
+
+def server_ssl_context(certfile: str, keyfile: str, cafile: str | None = None, *,
+                       cadata: str | None = None) -> ssl.SSLContext:
+    """A TLS server context for the control channel: our certificate, client certificates
+    required and verified against the CA, TLS 1.2 at least, no session tickets.
+
+    (This reads the named files; call it from the adapter, not per packet.)
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    ctx.load_verify_locations(cafile=cafile, cadata=cadata)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.num_tickets = 0
+    return ctx
+
+
+class _State(enum.Enum):
+    WAIT_RESET = "wait-reset"
+    TLS = "tls"
+    KEY_METHOD = "key-method"
+    WAIT_PUSH = "wait-push-request"
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+
+def _common_name(cert: dict | None) -> str:
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return ""
+
+
+class ServerSession:
+    """One client's control session, from its HARD_RESET_CLIENT_V2 to established data keys.
+
+    ``session_id``: our 8 random bytes; ``randoms``: 64 random bytes (our key-method-2 random1 and
+    random2). ``options_string``: the key-method-2 options we send (None: the client's own with
+    ``tls-client`` turned into ``tls-server``; stock OpenVPN only warns on a difference).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, push: PushOptions, *, session_id: bytes,
+                 randoms: bytes, now_ns: int, hand_window_ns: int = DEFAULT_HAND_WINDOW_NS,
+                 options_string: str | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD,
+                 initial_timeout_ns: int = 1_000_000_000) -> None:
+        if len(session_id) != wire.SESSION_ID_LEN:
+            raise ValueError("session_id must be 8 bytes")
+        if len(randoms) != 64:
+            raise ValueError("randoms must be 64 bytes")
+        if not push.data_ciphers:
+            raise ValueError("push.data_ciphers is empty")
+        self.session_id = bytes(session_id)
+        self.remote_session_id: bytes | None = None
+        self.push = push
+        self.options_string = options_string
+        self.deadline_ns = now_ns + hand_window_ns
+        self.state = _State.WAIT_RESET
+        self.dropped = 0
+        self.last_drop: str | None = None
+        self.client_key_method: wire.KeyMethod2 | None = None
+        self.peer_info: dict[str, str] = {}
+        self.cipher: str | None = None
+        self.common_name = ""
+        self._randoms = bytes(randoms)
+        self._chan = ReliableChannel(initial_timeout_ns=initial_timeout_ns,
+                                     window=TLS_RELIABLE_WINDOW, max_payload=max_payload)
+        self._reset_id: int | None = None
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = ssl_context.wrap_bio(self._in, self._out, server_side=True)
+        self._plain = bytearray()
+        self._messages = wire.MessageSplitter()
+        self._push_reply: bytes | None = None
+        self._keys: DataKeys | None = None
+
+    # --- public -----------------------------------------------------------------------------
+
+    @property
+    def established(self) -> bool:
+        return self.state is _State.ESTABLISHED
+
+    @property
+    def failed(self) -> bool:
+        return self.state is _State.FAILED
+
+    def receive(self, data: bytes, now_ns: int) -> list:
+        """One plaintext control packet from the client; returns events."""
+        if self.state is _State.FAILED:
+            return self._drop("session failed")
+        try:
+            pkt = wire.parse_control(data)
+        except MalformedPacket as e:
+            return self._drop(e.reason)
+        if pkt.key_id != 0:
+            return self._drop(f"key id {pkt.key_id}: renegotiation not supported")
+        events: list = []
+        if self.remote_session_id is None:
+            if pkt.opcode != Opcode.P_CONTROL_HARD_RESET_CLIENT_V2 or pkt.packet_id != 0:
+                return self._drop(f"{pkt.opcode.name} before HARD_RESET_CLIENT_V2")
+            self.remote_session_id = pkt.session_id
+            self._chan.receive(0, b"", now_ns)
+            self._reset_id = self._chan.send(b"R")[0]  # sent as an empty HARD_RESET_SERVER_V2
+            self.state = _State.TLS
+            return self._flush(now_ns, events)
+        if pkt.session_id != self.remote_session_id:
+            return self._drop("packet from another session id")
+        if pkt.acks:
+            if pkt.remote_session_id != self.session_id:
+                return self._drop("acks for another session id")
+            self._chan.ack_received(pkt.acks)
+        if pkt.opcode == Opcode.P_CONTROL_HARD_RESET_CLIENT_V2:
+            self._chan.receive(pkt.packet_id, b"", now_ns)  # a retransmission: ack it again
+        elif pkt.opcode == Opcode.P_CONTROL_V1:
+            for payload in self._chan.receive(pkt.packet_id, pkt.payload, now_ns):
+                self._tls_in(payload, events)
+                if self.state is _State.FAILED:
+                    break
+        elif pkt.opcode != Opcode.P_ACK_V1:
+            self._note_drop(f"{pkt.opcode.name} not expected")
+        return self._flush(now_ns, events)
+
+    def next_deadline(self) -> int | None:
+        """When to call :meth:`tick` next (monotonic ns), or None."""
+        if self.state is _State.FAILED:
+            return None
+        times = [t for t in (self._chan.next_deadline(),) if t is not None]
+        if self.state is not _State.ESTABLISHED:
+            times.append(self.deadline_ns)
+        return min(times) if times else None
+
+    def tick(self, now_ns: int) -> list:
+        """Retransmissions and acks due, and the hand-window timeout."""
+        if self.state is _State.FAILED:
+            return []
+        if self.state is not _State.ESTABLISHED and now_ns >= self.deadline_ns:
+            self.state = _State.FAILED
+            return [Failed(f"handshake not complete within the hand-window (in {self._stage})")]
+        return self._flush(now_ns, [])
+
+    # --- internals --------------------------------------------------------------------------
+
+    @property
+    def _stage(self) -> str:
+        return self.state.value
+
+    def _note_drop(self, why: str) -> None:
+        self.dropped += 1
+        self.last_drop = why
+
+    def _drop(self, why: str) -> list:
+        self._note_drop(why)
+        return []
+
+    def _fail(self, events: list, reason: str) -> None:
+        self._pull_tls_output()  # a TLS alert, if OpenSSL wrote one
+        self.state = _State.FAILED
+        events.append(Failed(reason))
+
+    def _flush(self, now_ns: int, events: list) -> list:
+        """Hand out what the reliable channel has due, ahead of any Failed / Established."""
+        packets = []
+        for out in self._chan.packets_due(now_ns):
+            reset = out.packet_id == self._reset_id
+            acks = out.acks or ((0,) if reset else ())  # every copy of our reset acks theirs
+            packets.append(SendPacket(wire.build_control(ControlPacket(
+                Opcode.P_CONTROL_HARD_RESET_SERVER_V2 if reset else Opcode.P_CONTROL_V1, 0,
+                self.session_id, acks, self.remote_session_id if acks else None,
+                out.packet_id, b"" if reset else out.payload))))
+        while acks := self._chan.standalone_ack_due(now_ns):
+            packets.append(SendPacket(wire.build_control(ControlPacket(
+                Opcode.P_ACK_V1, 0, self.session_id, acks, self.remote_session_id))))
+        return packets + events
+
+    def _pull_tls_output(self) -> None:
+        data = self._out.read()
+        if data:
+            self._chan.send(data)
+
+    def _tls_in(self, payload: bytes, events: list) -> None:
+        self._in.write(payload)
+        try:
+            if self.state is _State.TLS:
+                self._tls.do_handshake()
+                self.common_name = _common_name(self._tls.getpeercert())
+                self.state = _State.KEY_METHOD
+            while True:
+                chunk = self._tls.read(1 << 16)
+                if not chunk:
+                    break
+                self._plaintext(chunk, events)
+                if self.state is _State.FAILED:
+                    return
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            self._fail(events, "client closed the TLS session")
+            return
+        except ssl.SSLCertVerificationError as e:
+            self._fail(events, f"client certificate rejected: {e.verify_message or e}")
+            return
+        except ssl.SSLError as e:
+            self._fail(events, f"TLS error: {e.reason or e}")
+            return
+        self._pull_tls_output()
+
+    def _write(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._pull_tls_output()
+
+    def _plaintext(self, chunk: bytes, events: list) -> None:
+        if self.state is _State.KEY_METHOD:
+            self._plain += chunk
+            try:
+                km = wire.parse_key_method_2(bytes(self._plain), from_client=True)
+            except MalformedPacket as e:
+                if len(self._plain) > _MAX_KM2:
+                    self._fail(events, f"bad key-method-2 message: {e.reason}")
+                return  # the rest may come in a later record
+            self._plain.clear()
+            self._key_method(km, events)
+            return
+        for text in self._messages.feed(chunk):
+            self._message(text, events)
+            if self.state is _State.FAILED:
+                return
+
+    def _key_method(self, km: wire.KeyMethod2, events: list) -> None:
+        self.client_key_method = km
+        self.peer_info = wire.parse_peer_info(km.peer_info or "")
+        offered = [c.upper() for c in self.peer_info.get("IV_CIPHERS", "").split(":") if c]
+        ours = [c.upper() for c in self.push.data_ciphers]
+        common = [c for c in ours if c in offered]
+        if not common:
+            self._fail(events, f"no common data cipher: client offers {offered or 'none'}, "
+                               f"we have {ours}")
+            return
+        self.cipher = common[0]
+        options = self.options_string
+        if options is None:
+            options = km.options.replace("tls-client", "tls-server")
+        self._write(wire.build_key_method_2(wire.KeyMethod2(
+            options, self._randoms[:32], self._randoms[32:])))
+        self.state = _State.WAIT_PUSH
+
+    def _push_options(self) -> list[tuple[str, ...]]:
+        p = self.push
+        opts: list[tuple[str, ...]] = []
+        if p.route_gateway:
+            opts.append(("route-gateway", p.route_gateway))
+        opts += [("topology", p.topology), ("ping", str(p.ping)),
+                 ("ping-restart", str(p.ping_restart)), ("ifconfig", *p.ifconfig),
+                 ("peer-id", str(p.peer_id)), ("cipher", self.cipher)]
+        try:
+            proto = int(self.peer_info.get("IV_PROTO", "0"))
+        except ValueError:
+            proto = 0
+        if proto & wire.IV_PROTO_CC_EXIT_NOTIFY:
+            # no tls-ekm: CPython's ssl cannot export keying material, so both ends use the PRF
+            opts.append(("protocol-flags", "cc-exit"))
+        if p.tun_mtu is not None:
+            opts.append(("tun-mtu", str(p.tun_mtu)))
+        opts += list(p.extra)
+        return opts
+
+    def _message(self, text: str, events: list) -> None:
+        if text != wire.PUSH_REQUEST:
+            self._note_drop(f"control message {text[:40]!r} ignored")
+            return
+        if self._push_reply is None:
+            self._push_reply = wire.build_message(wire.build_push_reply(self._push_options()))
+        self._write(self._push_reply)  # a repeated PUSH_REQUEST gets the same reply
+        if self.state is _State.WAIT_PUSH:
+            km = self.client_key_method
+            self._keys = DataKeys.from_prf(km.pre_master, km.random1, self._randoms[:32],
+                                           km.random2, self._randoms[32:],
+                                           self.remote_session_id, self.session_id)
+            self.state = _State.ESTABLISHED
+            events.append(Established(self._keys, self.cipher, self.push.peer_id,
+                                      self.common_name, dict(self.peer_info)))
