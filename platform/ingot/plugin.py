@@ -48,6 +48,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "smtp": "ingot.plugins.smtp",
     "imap": "ingot.plugins.imap",
     "mailstore": "ingot.plugins.mailstore.plugin",
+    "openvpn": "ingot.plugins.openvpn",
 }
 """Plugin name -> module of the plugins that ship with Ingot."""
 

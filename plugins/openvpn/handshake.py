@@ -46,7 +46,7 @@ from .crypto import DataKeys
 from .reliable import ReliableChannel
 from .wire import ControlPacket, MalformedPacket, Opcode
 
-__all__ = ["SendPacket", "Established", "Failed", "PushOptions", "ServerSession",
+__all__ = ["SendPacket", "Established", "Failed", "Exited", "PushOptions", "ServerSession",
            "server_ssl_context", "TLS_RELIABLE_WINDOW", "DEFAULT_HAND_WINDOW_NS"]
 
 TLS_RELIABLE_WINDOW = 6  # OpenVPN 2.6 ssl_pkt.h TLS_RELIABLE_N_SEND_BUFFERS
@@ -76,6 +76,11 @@ class Established:
 @dataclass(frozen=True)
 class Failed:
     reason: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The client said it is going away (the ``EXIT`` control message of ``cc-exit``)."""
 
 
 @dataclass(frozen=True)
@@ -359,6 +364,9 @@ class ServerSession:
         return opts
 
     def _message(self, text: str, events: list) -> None:
+        if text == "EXIT" and self.state is _State.ESTABLISHED:
+            events.append(Exited())
+            return
         if text != wire.PUSH_REQUEST:
             self._note_drop(f"control message {text[:40]!r} ignored")
             return

@@ -61,6 +61,7 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
+    "PING_MAGIC", "OCC_MAGIC", "OCC_EXIT",
     "MalformedPacket", "Opcode", "CONTROL_OPCODES", "DATA_OPCODES", "RELIABLE_ACK_SIZE",
     "CONTROL_SEND_ACK_MAX", "SESSION_ID_LEN", "ControlPacket", "parse_control", "build_control",
     "ControlHeader", "parse_control_header", "parse_control_body", "build_control_body",
@@ -74,6 +75,14 @@ __all__ = [
     "IV_PROTO_CC_EXIT_NOTIFY", "IV_PROTO_AUTH_FAIL_TEMP", "IV_PROTO_DYN_TLS_CRYPT",
     "IV_PROTO_DATA_EPOCH", "IV_PROTO_DNS_OPTION_V2",
 ]
+
+
+PING_MAGIC = bytes.fromhex("2a187bf3641eb4cb07ed2d0a981fc748")
+"""A keepalive ping: the whole payload of a data packet (OpenVPN ping.c)."""
+OCC_MAGIC = bytes.fromhex("287f346bd4ef7a812d56b8d3afc5459c")
+"""Options-consistency messages in the data channel start with this (occ.h), then one opcode byte."""
+OCC_EXIT = 6
+"""The OCC opcode of explicit-exit-notify over UDP (the peer is going away)."""
 
 
 class MalformedPacket(ValueError):

@@ -1,0 +1,129 @@
+"""The OpenVPN gateway appliance, server mode.
+
+At start it reads the stock OpenVPN config (``config-file`` in the ``config`` store) and the files
+it names (``ca``, ``cert``, ``key``, ``crl-verify``, ``tls-crypt``/``tls-auth``; or inline
+blocks), checks it (:func:`~ingot.plugins.openvpn.serverconf.server_plan`: a directive it cannot
+honour stops the boot with one line naming it), builds the TLS context (client certificates
+required and verified against the CA, and the CRL when given) and serves clients
+(:class:`~ingot.plugins.openvpn.server.Server` through
+:class:`~ingot.plugins.openvpn.adapter.ServerAdapter`). Clients' packets leave through the
+``tun`` device; the host gives that interface the server address (the first of the ``server``
+subnet) and routes or NATs beyond it. Counters are logged every ``stats-interval`` seconds and
+at stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from ingot.plugins.openvpn import config as ovconfig
+from ingot.plugins.openvpn import crypto
+from ingot.plugins.openvpn.adapter import ServerAdapter
+from ingot.plugins.openvpn.server import Server, ServerSettings
+from ingot.plugins.openvpn.serverconf import ServerPlan, files_needed, server_plan
+from ingot.plugins.tls.context import load_chain, private_file
+from ingot.signatures import DeviceError, KvRO, MClock, PClock, Random, Stack, Tun
+
+ConfigError = ovconfig.ConfigError
+
+
+def ssl_context(plan: ServerPlan) -> ssl.SSLContext:
+    """The control channel's TLS server context: TLS 1.2 at least, client certificate required,
+    checked against the CA (and the CRL: a revoked client is refused)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.num_tickets = 0
+    try:
+        load_chain(ctx, plan.cert.encode(), plan.key.encode())
+        ctx.load_verify_locations(cadata=plan.ca)
+        if plan.crl:
+            with private_file(plan.crl.encode()) as path:
+                ctx.load_verify_locations(cafile=path)
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(f"cannot load the certificates: {e}") from None
+    except Exception as e:  # the tls plugin's TlsError
+        raise ConfigError(str(e)) from None
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def wrapper_factory(plan: ServerPlan):
+    if plan.wrap == "tls-crypt":
+        return lambda: crypto.TlsCrypt(plan.wrap_key, server=True)
+    if plan.wrap == "tls-auth":
+        return lambda: crypto.TlsAuth(plan.wrap_key, plan.key_direction, plan.auth)
+    return None
+
+
+class Vpn:
+    """See the module docstring."""
+
+    def __init__(self, stack: Stack, tun: Tun, config: KvRO, mclock: MClock, pclock: PClock,
+                 random: Random, keys: Any, log: Any) -> None:
+        self.stack = stack
+        self.tun = tun
+        self.config = config
+        self.mclock = mclock
+        self.pclock = pclock
+        self.random = random
+        self.keys = keys
+        self.log = log
+        self.server: Server | None = None
+        self.adapter: ServerAdapter | None = None
+        self.ready = asyncio.Event()
+
+    async def _read(self, name: str) -> str:
+        try:
+            return (await self.config.get(name)).decode()
+        except (DeviceError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read {name!r} from the config store: {e}") from None
+
+    async def load(self) -> ServerPlan:
+        name = self.keys.config_file
+        cfg = ovconfig.parse(await self._read(name), source=name)
+        files = {}
+        for f in files_needed(cfg):
+            files[f] = await self._read(f)
+        return server_plan(cfg, files)
+
+    async def start(self) -> None:
+        plan = await self.load()
+        settings = ServerSettings(
+            ssl_context=ssl_context(plan), network=plan.network, wrapper=wrapper_factory(plan),
+            pool=plan.pool, data_ciphers=plan.data_ciphers, ping_s=plan.ping_s,
+            ping_restart_s=plan.ping_restart_s, push=plan.push,
+            client_to_client=plan.client_to_client, max_clients=plan.max_clients,
+            hand_window_s=plan.hand_window_s, tun_mtu=plan.tun_mtu)
+        self.server = Server(settings, self.random.generate)
+        self.adapter = ServerAdapter(self.server, self.stack, self.tun, proto=plan.proto,
+                                     host=plan.host, port=plan.port, mclock=self.mclock,
+                                     pclock=self.pclock, log=self.log)
+        await self.adapter.start()
+        self.log.info("ready", network=str(plan.network), server=str(settings.server_address),
+                      control=plan.wrap or "none", ciphers=":".join(plan.data_ciphers),
+                      tun_mtu=getattr(self.tun, "mtu", None))
+        self.ready.set()
+        stats = asyncio.ensure_future(self._stats())
+        try:
+            await asyncio.gather(*self.adapter._tasks)
+        finally:
+            stats.cancel()
+            self._log_counters()
+            self.adapter.close()
+
+    def _log_counters(self) -> None:
+        if self.server is not None:
+            self.log.info("counters", clients=len(self.server.peers),
+                          **{k.replace(" ", "_").replace(".", "_").replace("-", "_"): v
+                             for k, v in sorted(self.server.counters.items())})
+
+    async def _stats(self) -> None:
+        interval = self.keys.stats_interval
+        if not interval:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            self._log_counters()

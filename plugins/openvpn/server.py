@@ -1,0 +1,353 @@
+"""An OpenVPN 2.6 server for many clients, sans-I/O: datagrams and tunnel packets in, out the same.
+
+:class:`Server` keeps one :class:`Peer` per client transport address (a UDP source address, or a
+TCP connection's id: the adapter names it). The adapter feeds it what it receives and sends what
+it returns:
+
+- :meth:`Server.from_client` (``addr``, one OpenVPN packet): returns :class:`ToClient` (one packet
+  for a client) and :class:`ToTun` (one IP packet out of the tunnel interface) items;
+- :meth:`Server.from_tun` (one IP packet read from the tunnel interface): a :class:`ToClient` for
+  the client whose pool address it is addressed to, or nothing (counted ``no client``);
+- :meth:`Server.tick` at :meth:`Server.next_deadline`: retransmissions, keepalive pings,
+  ping-restart and hand-window timeouts;
+- :class:`Gone` says a client's transport can be closed (a TCP connection).
+
+Rules, in order, for a packet from a client:
+
+1. An unknown address may only open a session: its first packet must unwrap (tls-crypt,
+   tls-auth or none, :attr:`ServerSettings.wrapper`) to a HARD_RESET_CLIENT_V2 with packet id 0.
+   Anything else from it is dropped (``not a session start``), so an off-path sender costs one
+   unwrap. ``max_clients`` sessions at most (``full``).
+2. A control packet is unwrapped with that client's wrapper (its own replay window) and passed
+   to its :class:`~.handshake.ServerSession`. A new HARD_RESET_CLIENT_V2 from a known address
+   with another session id is a restarted client: the old peer goes, a new one starts.
+3. A data packet (P_DATA_V1/V2) before the session is established is dropped (``early data``);
+   after, it is decrypted (``auth`` on a bad tag, ``replay`` on a repeated packet id). The
+   keepalive ping is consumed; an OCC EXIT ends the peer; an IP packet must come from the
+   client's own pool address (``spoofed``), then goes to another client if it is addressed to
+   one and ``client_to_client`` is on (else ``client-to-client`` drop), else out of the tunnel.
+
+Every drop is counted in :attr:`Server.counters` (``drop.<reason>``), never raised. Time comes in
+as ``now_ns`` (monotonic) and, for tls-crypt/tls-auth packet times, ``wall_s`` (POSIX seconds);
+randomness as the ``entropy`` callable given at construction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import wire
+from .crypto import CryptoError, DataChannel, Replayed
+from .handshake import Established, Exited, Failed, PushOptions, SendPacket, ServerSession
+from .wire import Opcode
+
+__all__ = ["ServerSettings", "Server", "Peer", "ToClient", "ToTun", "Gone"]
+
+SECOND = 1_000_000_000
+_DATA = (Opcode.P_DATA_V1, Opcode.P_DATA_V2)
+
+
+@dataclass(frozen=True)
+class ToClient:
+    addr: object
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ToTun:
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The peer at ``addr`` is gone (``reason``); close its transport if it has one."""
+
+    addr: object
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    ssl_context: ssl.SSLContext
+    network: ipaddress.IPv4Network
+    """The tunnel subnet (``server NET MASK``); the server is its first address."""
+    wrapper: Callable[[], object] | None = None
+    """A new tls-crypt / tls-auth wrapper for each client (its own packet ids and replay
+    window); None: control packets travel unwrapped."""
+    pool: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None = None
+    data_ciphers: tuple[str, ...] = ("AES-256-GCM", "CHACHA20-POLY1305")
+    ping_s: int = 10
+    ping_restart_s: int = 120
+    """Server side: a client silent this long is dropped. Pushed: ``ping`` and half of this."""
+    push: tuple[tuple[str, ...], ...] = ()
+    client_to_client: bool = False
+    max_clients: int = 1024
+    hand_window_s: int = 60
+    tun_mtu: int = 1500
+
+    @property
+    def server_address(self) -> ipaddress.IPv4Address:
+        return self.network.network_address + 1
+
+    def pool_range(self) -> tuple[int, int]:
+        if self.pool is not None:
+            return int(self.pool[0]), int(self.pool[1])
+        first = int(self.network.network_address) + 2
+        return first, int(self.network.broadcast_address) - 1
+
+
+@dataclass
+class Peer:
+    addr: object
+    wrapper: object | None
+    session: ServerSession
+    peer_id: int
+    address: ipaddress.IPv4Address
+    last_rx_ns: int
+    last_tx_ns: int
+    channel: DataChannel | None = None
+    header: bytes = b""
+    common_name: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    stats: Counter = field(default_factory=Counter)
+
+
+class Server:
+    """See the module docstring."""
+
+    def __init__(self, settings: ServerSettings, entropy: Callable[[int], bytes]) -> None:
+        self.settings = settings
+        self._entropy = entropy
+        self.peers: dict[object, Peer] = {}
+        self.by_address: dict[ipaddress.IPv4Address, Peer] = {}
+        self.counters: Counter[str] = Counter()
+        self._next_peer_id = 0
+        self._last_cn_address: dict[str, ipaddress.IPv4Address] = {}
+        self.events: list[tuple[str, dict]] = []
+        """Log lines for the adapter: (message, fields); it empties the list."""
+
+    # --- in ---------------------------------------------------------------------------------
+
+    def from_client(self, addr: object, data: bytes, now_ns: int, wall_s: int) -> list:
+        if not data:
+            return self._drop("empty")
+        try:
+            opcode = Opcode(data[0] >> 3)
+        except ValueError:
+            return self._drop("opcode")
+        peer = self.peers.get(addr)
+        if opcode in _DATA:
+            if peer is None:
+                return self._drop("data from unknown peer")
+            return self._data(peer, data, now_ns)
+        if peer is None or (opcode == Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
+                            and data[1:9] != peer.session.remote_session_id):
+            return self._open(addr, opcode, data, now_ns, wall_s, restart=peer is not None)
+        plain = self._unwrap(peer.wrapper, data)
+        if plain is None:
+            return []
+        peer.last_rx_ns = now_ns
+        return self._session_events(peer, peer.session.receive(plain, now_ns), now_ns, wall_s)
+
+    def from_tun(self, packet: bytes, now_ns: int) -> list:
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            return self._drop("tun: not IPv4")
+        peer = self.by_address.get(ipaddress.IPv4Address(packet[16:20]))
+        if peer is None or peer.channel is None:
+            return self._drop("no client")
+        return [self._encrypt(peer, packet, now_ns)]
+
+    def next_deadline(self) -> int | None:
+        times = []
+        ping = self.settings.ping_s * SECOND
+        restart = self.settings.ping_restart_s * SECOND
+        for peer in self.peers.values():
+            t = peer.session.next_deadline()
+            if t is not None:
+                times.append(t)
+            if peer.channel is not None:
+                times += [peer.last_tx_ns + ping, peer.last_rx_ns + restart]
+        return min(times) if times else None
+
+    def tick(self, now_ns: int, wall_s: int) -> list:
+        out: list = []
+        ping = self.settings.ping_s * SECOND
+        restart = self.settings.ping_restart_s * SECOND
+        for peer in list(self.peers.values()):
+            if peer.channel is not None and now_ns >= peer.last_rx_ns + restart:
+                out += self._remove(peer, f"ping-restart: nothing received for "
+                                          f"{self.settings.ping_restart_s} s")
+                continue
+            out += self._session_events(peer, peer.session.tick(now_ns), now_ns, wall_s)
+            if peer.channel is not None and now_ns >= peer.last_tx_ns + ping \
+                    and peer.addr in self.peers:
+                out.append(self._encrypt(peer, wire.PING_MAGIC, now_ns))
+        return out
+
+    def remove(self, addr: object, reason: str) -> list:
+        """The transport of ``addr`` went away (a TCP connection closed)."""
+        peer = self.peers.get(addr)
+        return self._remove(peer, reason) if peer is not None else []
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _drop(self, reason: str, peer: Peer | None = None) -> list:
+        self.counters[f"drop.{reason}"] += 1
+        if peer is not None:
+            peer.stats[f"drop.{reason}"] += 1
+        return []
+
+    def _unwrap(self, wrapper: object | None, data: bytes) -> bytes | None:
+        if wrapper is None:
+            return data
+        try:
+            return wrapper.unwrap(data)
+        except Replayed:
+            self._drop("control replay")
+        except CryptoError:
+            self._drop("control auth")
+        return None
+
+    def _allocate(self, common_name: str) -> ipaddress.IPv4Address | None:
+        first, last = self.settings.pool_range()
+        prev = self._last_cn_address.get(common_name)
+        if prev is not None and prev not in self.by_address:
+            return prev
+        for n in range(first, last + 1):
+            a = ipaddress.IPv4Address(n)
+            if a not in self.by_address and a not in self._last_cn_address.values():
+                return a
+        for n in range(first, last + 1):  # reuse addresses of clients that left
+            a = ipaddress.IPv4Address(n)
+            if a not in self.by_address:
+                return a
+        return None
+
+    def _open(self, addr, opcode, data, now_ns, wall_s, restart: bool) -> list:
+        if opcode != Opcode.P_CONTROL_HARD_RESET_CLIENT_V2:
+            return self._drop("not a session start")
+        out: list = []
+        if not restart and len(self.peers) >= self.settings.max_clients:
+            return self._drop("full")
+        s = self.settings
+        wrapper = s.wrapper() if s.wrapper is not None else None
+        plain = self._unwrap(wrapper, data)
+        if plain is None:
+            return []
+        try:
+            pkt = wire.parse_control(plain)
+        except wire.MalformedPacket:
+            return self._drop("malformed reset")
+        if pkt.packet_id != 0:
+            return self._drop("not a session start")
+        if restart:
+            out += self._remove(self.peers[addr], "restarted (new session id)")
+        peer_id = self._next_peer_id
+        self._next_peer_id = (self._next_peer_id + 1) & 0xFFFFFF
+        # the address is settled once the client's certificate names it; hold a placeholder
+        push = PushOptions(ifconfig=("0.0.0.0", str(s.network.netmask)),
+                           route_gateway=str(s.server_address), ping=s.ping_s,
+                           ping_restart=max(1, s.ping_restart_s // 2), peer_id=peer_id,
+                           data_ciphers=s.data_ciphers, tun_mtu=s.tun_mtu, extra=s.push)
+        session = ServerSession(s.ssl_context, push, session_id=self._entropy(8),
+                                randoms=self._entropy(64), now_ns=now_ns,
+                                hand_window_ns=s.hand_window_s * SECOND)
+        peer = Peer(addr, wrapper, session, peer_id, ipaddress.IPv4Address(0), now_ns, now_ns)
+        self.peers[addr] = peer
+        self.counters["sessions"] += 1
+        return out + self._session_events(peer, session.receive(plain, now_ns), now_ns, wall_s)
+
+    def _session_events(self, peer: Peer, events: list, now_ns: int, wall_s: int) -> list:
+        out: list = []
+        for ev in events:
+            if isinstance(ev, SendPacket):
+                data = ev.data if peer.wrapper is None else peer.wrapper.wrap(ev.data, wall_s)
+                out.append(ToClient(peer.addr, data))
+            elif isinstance(ev, Established):
+                peer.channel = ev.keys.channel(ev.cipher, server=True)
+                peer.header = DataChannel.header_v2(0, peer.peer_id)
+                peer.last_tx_ns = now_ns
+                self.counters["established"] += 1
+                self.events.append(("client connected", {
+                    "peer": str(peer.addr), "cn": peer.common_name, "address": str(peer.address),
+                    "cipher": ev.cipher, "version": ev.peer_info.get("IV_VER", "?")}))
+            elif isinstance(ev, Exited):
+                out += self._remove(peer, "client exited")
+                break
+            elif isinstance(ev, Failed):
+                out += self._remove(peer, ev.reason)
+                break
+        # the pool address is known once the TLS handshake named the client
+        if peer.address == ipaddress.IPv4Address(0) and peer.session.common_name \
+                and peer.addr in self.peers:
+            address = self._allocate(peer.session.common_name)
+            if address is None:
+                return out + self._remove(peer, "address pool exhausted")
+            peer.address = address
+            peer.common_name = peer.session.common_name
+            self.by_address[address] = peer
+            self._last_cn_address[peer.common_name] = address
+            s = self.settings
+            peer.session.push = PushOptions(
+                ifconfig=(str(address), str(s.network.netmask)),
+                route_gateway=str(s.server_address), ping=s.ping_s,
+                ping_restart=max(1, s.ping_restart_s // 2), peer_id=peer.peer_id,
+                data_ciphers=s.data_ciphers, tun_mtu=s.tun_mtu, extra=s.push)
+        return out
+
+    def _remove(self, peer: Peer, reason: str) -> list:
+        if self.peers.get(peer.addr) is peer:
+            del self.peers[peer.addr]
+        if self.by_address.get(peer.address) is peer:
+            del self.by_address[peer.address]
+        self.counters["closed"] += 1
+        self.events.append(("client gone", {"peer": str(peer.addr), "cn": peer.common_name,
+                                            "reason": reason, "bytes_in": peer.bytes_in,
+                                            "bytes_out": peer.bytes_out}))
+        return [Gone(peer.addr, reason)]
+
+    def _encrypt(self, peer: Peer, payload: bytes, now_ns: int) -> ToClient:
+        peer.last_tx_ns = now_ns
+        peer.bytes_out += len(payload)
+        iv = None if peer.channel.aead else self._entropy(16)
+        return ToClient(peer.addr, peer.channel.encrypt(peer.header, payload, iv))
+
+    def _data(self, peer: Peer, data: bytes, now_ns: int) -> list:
+        if peer.channel is None:
+            return self._drop("early data", peer)
+        if data[0] & 7 != 0:
+            return self._drop("data key id", peer)
+        try:
+            payload = peer.channel.decrypt(data)
+        except Replayed:
+            return self._drop("replay", peer)
+        except CryptoError:
+            return self._drop("auth", peer)
+        peer.last_rx_ns = now_ns
+        peer.bytes_in += len(payload)
+        if payload == wire.PING_MAGIC:
+            self.counters["ping"] += 1
+            return []
+        if payload[:16] == wire.OCC_MAGIC:
+            if payload[16:17] == bytes([wire.OCC_EXIT]):
+                return self._remove(peer, "client exited (explicit-exit-notify)")
+            return self._drop("occ", peer)
+        if len(payload) < 20 or payload[0] >> 4 != 4:
+            return self._drop("not IPv4", peer)
+        if payload[12:16] != peer.address.packed:
+            return self._drop("spoofed", peer)
+        dest = self.by_address.get(ipaddress.IPv4Address(payload[16:20]))
+        if dest is not None:
+            if not self.settings.client_to_client:
+                return self._drop("client-to-client", peer)
+            if dest.channel is None:
+                return self._drop("no client", peer)
+            return [self._encrypt(dest, payload, now_ns)]
+        self.counters["to tun"] += 1
+        return [ToTun(payload)]
+
