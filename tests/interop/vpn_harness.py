@@ -81,15 +81,18 @@ def start_gateway(net: Net, image: Path, tmp: Path, config_dir: Path, *extra: st
 
 
 def client_config(tmp: Path, name: str = "client1", *, proto: str = "udp", wrap: str = "tls-crypt",
-                  cipher: str = "AES-256-GCM", extra: tuple[str, ...] = ()) -> Path:
+                  cipher: str = "AES-256-GCM", extra: tuple[str, ...] = (),
+                  remote: str = "10.200.7.1") -> Path:
     """A stock client config in ``tmp`` (the certificates copied beside it)."""
     for f in (CONFIGS / "clients").iterdir():
         if f.suffix in (".crt", ".key"):
             shutil.copy(f, tmp / f.name)
-    lines = ["client", "dev tun", f"proto {proto}", "remote 10.200.7.1 1194", "nobind",
+    lines = ["client", "dev tun", f"proto {proto}", f"remote {remote} 1194", "nobind",
              "disable-dco", "remote-cert-tls server", "ca ca.crt", f"cert {name}.crt",
              f"key {name}.key", f"data-ciphers {cipher}", "verb 4", "connect-retry 1",
              "hand-window 30", *extra]
+    if proto == "udp":
+        lines.append("explicit-exit-notify 1")  # tell the server at exit (cc-exit)
     if wrap == "tls-crypt":
         lines.append("tls-crypt tc.key")
     elif wrap == "tls-auth":
@@ -115,8 +118,9 @@ def server_config(tmp: Path, *, proto: str = "udp", wrap: str = "tls-crypt",
     return folder
 
 
-def start_client(net: Net, conf: Path, tmp: Path, name: str = "client") -> tuple[subprocess.Popen, Path]:
+def start_client(net: Net, conf: Path, tmp: Path, name: str = "client",
+                 host: kit.Host | None = None) -> tuple[subprocess.Popen, Path]:
     log = tmp / f"{name}.log"
-    proc = net.cli.popen(openvpn_binary(), "--config", conf, "--cd", conf.parent,
+    proc = (host or net.cli).popen(openvpn_binary(), "--config", conf, "--cd", conf.parent,
                          stdout=log.open("wb"), stderr=subprocess.STDOUT)
     return proc, log
