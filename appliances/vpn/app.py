@@ -96,7 +96,8 @@ class Vpn:
             pool=plan.pool, data_ciphers=plan.data_ciphers, ping_s=plan.ping_s,
             ping_restart_s=plan.ping_restart_s, push=plan.push,
             client_to_client=plan.client_to_client, max_clients=plan.max_clients,
-            hand_window_s=plan.hand_window_s, tun_mtu=plan.tun_mtu)
+            hand_window_s=plan.hand_window_s, tun_mtu=plan.tun_mtu, reneg_s=plan.reneg_s, auth=plan.auth,
+            tran_window_s=plan.tran_window_s)
         self.server = Server(settings, self.random.generate)
         self.adapter = ServerAdapter(self.server, self.stack, self.tun, proto=plan.proto,
                                      host=plan.host, port=plan.port, mclock=self.mclock,

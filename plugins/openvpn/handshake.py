@@ -26,8 +26,15 @@ only when ``CO_USE_TLS_KEY_MATERIAL_EXPORT`` is set, which a pulling client take
 
 Reliability: every control packet but P_ACK_V1 goes through :class:`ReliableChannel` (window 6,
 OpenVPN's ``TLS_RELIABLE_N_SEND_BUFFERS``); our HARD_RESET_SERVER_V2 takes packet id 0 like the
-stock server's. Only key id 0 (the first key) is handled: renegotiation is not implemented, nor
-tls-crypt-v2, auth-user-pass, or TCP framing (the caller's job).
+stock server's.
+
+Renegotiation: one :class:`ServerSession` is one *key state* (ssl.c's ``key_state``): its own
+key id, reliable channel (packet ids from 0) and TLS session. A renegotiation is a new
+ServerSession with ``soft=True`` for the next key id and the same session ids: both sides open it
+with a P_CONTROL_SOFT_RESET_V1 (packet id 0; whichever side starts, the other answers with its
+own), then a new TLS handshake and key-method-2 exchange, and no push: the new data keys are
+established as soon as both key-method-2 messages are through, with the cipher of the first key.
+Not handled here: tls-crypt-v2, auth-user-pass, TCP framing (the caller's job).
 
 Bad input never raises: a packet that does not parse or does not belong to this session is
 dropped and counted in ``dropped`` (``last_drop`` says why). A TLS error, a rejected client
@@ -143,15 +150,20 @@ class ServerSession:
     def __init__(self, ssl_context: ssl.SSLContext, push: PushOptions, *, session_id: bytes,
                  randoms: bytes, now_ns: int, hand_window_ns: int = DEFAULT_HAND_WINDOW_NS,
                  options_string: str | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 initial_timeout_ns: int = 1_000_000_000) -> None:
+                 initial_timeout_ns: int = 1_000_000_000, key_id: int = 0, soft: bool = False,
+                 remote_session_id: bytes | None = None, cipher: str | None = None) -> None:
         if len(session_id) != wire.SESSION_ID_LEN:
             raise ValueError("session_id must be 8 bytes")
         if len(randoms) != 64:
             raise ValueError("randoms must be 64 bytes")
         if not push.data_ciphers:
             raise ValueError("push.data_ciphers is empty")
+        if soft and (remote_session_id is None or cipher is None or not 1 <= key_id <= 7):
+            raise ValueError("a soft reset needs key id 1-7, the remote session id and the cipher")
         self.session_id = bytes(session_id)
-        self.remote_session_id: bytes | None = None
+        self.key_id = key_id
+        self.soft = soft
+        self.remote_session_id: bytes | None = remote_session_id
         self.push = push
         self.options_string = options_string
         self.deadline_ns = now_ns + hand_window_ns
@@ -160,7 +172,7 @@ class ServerSession:
         self.last_drop: str | None = None
         self.client_key_method: wire.KeyMethod2 | None = None
         self.peer_info: dict[str, str] = {}
-        self.cipher: str | None = None
+        self.cipher: str | None = cipher
         self.common_name = ""
         self._randoms = bytes(randoms)
         self._chan = ReliableChannel(initial_timeout_ns=initial_timeout_ns,
@@ -173,6 +185,10 @@ class ServerSession:
         self._messages = wire.MessageSplitter()
         self._push_reply: bytes | None = None
         self._keys: DataKeys | None = None
+        self._peer_reset_seen = not soft
+        if soft:  # our SOFT_RESET_V1 goes out first (an answer if theirs came already)
+            self._reset_id = self._chan.send(b"R")[0]
+            self.state = _State.TLS
 
     # --- public -----------------------------------------------------------------------------
 
@@ -192,8 +208,8 @@ class ServerSession:
             pkt = wire.parse_control(data)
         except MalformedPacket as e:
             return self._drop(e.reason)
-        if pkt.key_id != 0:
-            return self._drop(f"key id {pkt.key_id}: renegotiation not supported")
+        if pkt.key_id != self.key_id:
+            return self._drop(f"key id {pkt.key_id} is not this key state's ({self.key_id})")
         events: list = []
         if self.remote_session_id is None:
             if pkt.opcode != Opcode.P_CONTROL_HARD_RESET_CLIENT_V2 or pkt.packet_id != 0:
@@ -209,9 +225,12 @@ class ServerSession:
             if pkt.remote_session_id != self.session_id:
                 return self._drop("acks for another session id")
             self._chan.ack_received(pkt.acks)
-        if pkt.opcode == Opcode.P_CONTROL_HARD_RESET_CLIENT_V2:
+        if pkt.opcode == Opcode.P_CONTROL_HARD_RESET_CLIENT_V2 and not self.soft:
             self._chan.receive(pkt.packet_id, b"", now_ns)  # a retransmission: ack it again
-        elif pkt.opcode == Opcode.P_CONTROL_V1:
+        elif pkt.opcode == Opcode.P_CONTROL_SOFT_RESET_V1 and self.soft and pkt.packet_id == 0:
+            self._peer_reset_seen = True
+            self._chan.receive(0, b"", now_ns)  # in order before their TLS, acked; no payload
+        elif pkt.opcode == Opcode.P_CONTROL_V1 and self._peer_reset_seen:
             for payload in self._chan.receive(pkt.packet_id, pkt.payload, now_ns):
                 self._tls_in(payload, events)
                 if self.state is _State.FAILED:
@@ -260,16 +279,19 @@ class ServerSession:
     def _flush(self, now_ns: int, events: list) -> list:
         """Hand out what the reliable channel has due, ahead of any Failed / Established."""
         packets = []
+        reset_op = (Opcode.P_CONTROL_SOFT_RESET_V1 if self.soft
+                    else Opcode.P_CONTROL_HARD_RESET_SERVER_V2)
         for out in self._chan.packets_due(now_ns):
             reset = out.packet_id == self._reset_id
-            acks = out.acks or ((0,) if reset else ())  # every copy of our reset acks theirs
+            # every copy of our reset acks theirs, once we have it
+            acks = out.acks or ((0,) if reset and self._peer_reset_seen else ())
             packets.append(SendPacket(wire.build_control(ControlPacket(
-                Opcode.P_CONTROL_HARD_RESET_SERVER_V2 if reset else Opcode.P_CONTROL_V1, 0,
+                reset_op if reset else Opcode.P_CONTROL_V1, self.key_id,
                 self.session_id, acks, self.remote_session_id if acks else None,
                 out.packet_id, b"" if reset else out.payload))))
         while acks := self._chan.standalone_ack_due(now_ns):
             packets.append(SendPacket(wire.build_control(ControlPacket(
-                Opcode.P_ACK_V1, 0, self.session_id, acks, self.remote_session_id))))
+                Opcode.P_ACK_V1, self.key_id, self.session_id, acks, self.remote_session_id))))
         return packets + events
 
     def _pull_tls_output(self) -> None:
@@ -328,6 +350,12 @@ class ServerSession:
     def _key_method(self, km: wire.KeyMethod2, events: list) -> None:
         self.client_key_method = km
         self.peer_info = wire.parse_peer_info(km.peer_info or "")
+        if self.soft:
+            options = self.options_string or km.options.replace("tls-client", "tls-server")
+            self._write(wire.build_key_method_2(wire.KeyMethod2(
+                options, self._randoms[:32], self._randoms[32:])))
+            self._establish(events)
+            return
         offered = [c.upper() for c in self.peer_info.get("IV_CIPHERS", "").split(":") if c]
         ours = [c.upper() for c in self.push.data_ciphers]
         common = [c for c in ours if c in offered]
@@ -374,10 +402,13 @@ class ServerSession:
             self._push_reply = wire.build_message(wire.build_push_reply(self._push_options()))
         self._write(self._push_reply)  # a repeated PUSH_REQUEST gets the same reply
         if self.state is _State.WAIT_PUSH:
-            km = self.client_key_method
-            self._keys = DataKeys.from_prf(km.pre_master, km.random1, self._randoms[:32],
-                                           km.random2, self._randoms[32:],
-                                           self.remote_session_id, self.session_id)
-            self.state = _State.ESTABLISHED
-            events.append(Established(self._keys, self.cipher, self.push.peer_id,
-                                      self.common_name, dict(self.peer_info)))
+            self._establish(events)
+
+    def _establish(self, events: list) -> None:
+        km = self.client_key_method
+        self._keys = DataKeys.from_prf(km.pre_master, km.random1, self._randoms[:32],
+                                       km.random2, self._randoms[32:],
+                                       self.remote_session_id, self.session_id)
+        self.state = _State.ESTABLISHED
+        events.append(Established(self._keys, self.cipher, self.push.peer_id,
+                                  self.common_name, dict(self.peer_info)))

@@ -27,6 +27,12 @@ Rules, in order, for a packet from a client:
    client's own pool address (``spoofed``), then goes to another client if it is addressed to
    one and ``client_to_client`` is on (else ``client-to-client`` drop), else out of the tunnel.
 
+Renegotiation: a client's P_CONTROL_SOFT_RESET_V1 for a new key id opens a new key state
+(:class:`~.handshake.ServerSession` with ``soft=True``); the server opens one itself
+``reneg_s`` seconds after the current key was made. Once the new key is established it is used
+for sending; the old one still decrypts for ``tran_window_s`` seconds (``tran-window``), then it
+is dropped. A failed renegotiation leaves the current key in use.
+
 Every drop is counted in :attr:`Server.counters` (``drop.<reason>``), never raised. Time comes in
 as ``now_ns`` (monotonic) and, for tls-crypt/tls-auth packet times, ``wall_s`` (POSIX seconds);
 randomness as the ``entropy`` callable given at construction.
@@ -88,6 +94,11 @@ class ServerSettings:
     max_clients: int = 1024
     hand_window_s: int = 60
     tun_mtu: int = 1500
+    auth: str = "SHA1"
+    """The HMAC digest of the CBC data ciphers (``auth``)."""
+    reneg_s: int = 3600
+    """Seconds after which the server renegotiates a key itself (0: never)."""
+    tran_window_s: int = 60
 
     @property
     def server_address(self) -> ipaddress.IPv4Address:
@@ -110,7 +121,17 @@ class Peer:
     last_rx_ns: int
     last_tx_ns: int
     channel: DataChannel | None = None
+    """The data channel we send with (the newest established key)."""
     header: bytes = b""
+    cipher: str = ""
+    keystates: dict = field(default_factory=dict)
+    """key id -> ServerSession (the current one and any renegotiation in progress)."""
+    channels: dict = field(default_factory=dict)
+    """key id -> DataChannel we accept data with."""
+    expiry: dict = field(default_factory=dict)
+    """key id -> when an old key stops being accepted (monotonic ns)."""
+    key_made_ns: int = 0
+    renegotiations: int = 0
     common_name: str = ""
     bytes_in: int = 0
     bytes_out: int = 0
@@ -152,11 +173,18 @@ class Server:
         if plain is None:
             return []
         peer.last_rx_ns = now_ns
-        return self._session_events(peer, peer.session.receive(plain, now_ns), now_ns, wall_s)
+        key_id = data[0] & 7
+        session = peer.keystates.get(key_id)
+        if session is None:
+            if opcode != Opcode.P_CONTROL_SOFT_RESET_V1 or peer.channel is None:
+                return self._drop("unknown key id", peer)
+            session = self._renegotiate(peer, key_id, now_ns)
+        return self._session_events(peer, session, session.receive(plain, now_ns), now_ns,
+                                    wall_s)
 
     def from_tun(self, packet: bytes, now_ns: int) -> list:
         if len(packet) < 20 or packet[0] >> 4 != 4:
-            return self._drop("tun: not IPv4")
+            return self._drop("tun not IPv4")
         peer = self.by_address.get(ipaddress.IPv4Address(packet[16:20]))
         if peer is None or peer.channel is None:
             return self._drop("no client")
@@ -166,12 +194,17 @@ class Server:
         times = []
         ping = self.settings.ping_s * SECOND
         restart = self.settings.ping_restart_s * SECOND
+        reneg = self.settings.reneg_s * SECOND
         for peer in self.peers.values():
-            t = peer.session.next_deadline()
-            if t is not None:
-                times.append(t)
+            for ks in peer.keystates.values():
+                t = ks.next_deadline()
+                if t is not None:
+                    times.append(t)
+            times += peer.expiry.values()
             if peer.channel is not None:
                 times += [peer.last_tx_ns + ping, peer.last_rx_ns + restart]
+                if reneg and not self._pending(peer):
+                    times.append(peer.key_made_ns + reneg)
         return min(times) if times else None
 
     def tick(self, now_ns: int, wall_s: int) -> list:
@@ -183,7 +216,19 @@ class Server:
                 out += self._remove(peer, f"ping-restart: nothing received for "
                                           f"{self.settings.ping_restart_s} s")
                 continue
-            out += self._session_events(peer, peer.session.tick(now_ns), now_ns, wall_s)
+            for key_id, when in list(peer.expiry.items()):
+                if now_ns >= when:
+                    del peer.expiry[key_id]
+                    peer.channels.pop(key_id, None)
+                    peer.keystates.pop(key_id, None)
+            reneg = self.settings.reneg_s * SECOND
+            if reneg and peer.channel is not None and not self._pending(peer) \
+                    and now_ns >= peer.key_made_ns + reneg:
+                self._renegotiate(peer, self._next_key_id(peer), now_ns)
+            for ks in list(peer.keystates.values()):
+                out += self._session_events(peer, ks, ks.tick(now_ns), now_ns, wall_s)
+                if peer.addr not in self.peers:
+                    break
             if peer.channel is not None and now_ns >= peer.last_tx_ns + ping \
                     and peer.addr in self.peers:
                 out.append(self._encrypt(peer, wire.PING_MAGIC, now_ns))
@@ -258,19 +303,57 @@ class Server:
                                 randoms=self._entropy(64), now_ns=now_ns,
                                 hand_window_ns=s.hand_window_s * SECOND)
         peer = Peer(addr, wrapper, session, peer_id, ipaddress.IPv4Address(0), now_ns, now_ns)
+        peer.keystates[0] = session
         self.peers[addr] = peer
         self.counters["sessions"] += 1
-        return out + self._session_events(peer, session.receive(plain, now_ns), now_ns, wall_s)
+        return out + self._session_events(peer, session, session.receive(plain, now_ns), now_ns,
+                                          wall_s)
 
-    def _session_events(self, peer: Peer, events: list, now_ns: int, wall_s: int) -> list:
+    @staticmethod
+    def _next_key_id(peer: Peer) -> int:
+        return peer.session.key_id % 7 + 1  # 1..7, never 0 again (ssl.c)
+
+    @staticmethod
+    def _pending(peer: Peer) -> bool:
+        return any(not ks.established for ks in peer.keystates.values())
+
+    def _renegotiate(self, peer: Peer, key_id: int, now_ns: int) -> ServerSession:
+        s = self.settings
+        for old in [k for k in peer.keystates if peer.keystates[k] is not peer.session
+                    and k not in peer.channels]:
+            del peer.keystates[old]  # an unfinished renegotiation gives way to the new one
+        session = ServerSession(s.ssl_context, peer.session.push, session_id=peer.session.session_id,
+                                randoms=self._entropy(64), now_ns=now_ns,
+                                hand_window_ns=s.hand_window_s * SECOND, key_id=key_id,
+                                soft=True, remote_session_id=peer.session.remote_session_id,
+                                cipher=peer.cipher)
+        peer.keystates[key_id] = session
+        peer.renegotiations += 1
+        self.counters["renegotiations"] += 1
+        return session
+
+    def _session_events(self, peer: Peer, ks: ServerSession, events: list, now_ns: int,
+                        wall_s: int) -> list:
         out: list = []
         for ev in events:
             if isinstance(ev, SendPacket):
                 data = ev.data if peer.wrapper is None else peer.wrapper.wrap(ev.data, wall_s)
                 out.append(ToClient(peer.addr, data))
             elif isinstance(ev, Established):
-                peer.channel = ev.keys.channel(ev.cipher, server=True)
-                peer.header = DataChannel.header_v2(0, peer.peer_id)
+                channel = ev.keys.channel(ev.cipher, server=True, auth=self.settings.auth)
+                old = [k for k in peer.channels if k != ks.key_id]
+                for k in old:  # the previous key: accepted for a transition window
+                    peer.expiry.setdefault(k, now_ns + self.settings.tran_window_s * SECOND)
+                peer.channels[ks.key_id] = channel
+                peer.channel = channel
+                peer.session = ks
+                peer.cipher = ev.cipher
+                peer.key_made_ns = now_ns
+                peer.header = DataChannel.header_v2(ks.key_id, peer.peer_id)
+                if ks.soft:
+                    self.events.append(("key renegotiated", {
+                        "peer": str(peer.addr), "cn": peer.common_name, "key_id": ks.key_id}))
+                    continue
                 peer.last_tx_ns = now_ns
                 self.counters["established"] += 1
                 self.events.append(("client connected", {
@@ -280,6 +363,12 @@ class Server:
                 out += self._remove(peer, "client exited")
                 break
             elif isinstance(ev, Failed):
+                if ks.soft and peer.channel is not None:
+                    peer.keystates.pop(ks.key_id, None)
+                    self.counters["renegotiation failed"] += 1
+                    self.events.append(("renegotiation failed", {
+                        "peer": str(peer.addr), "cn": peer.common_name, "reason": ev.reason}))
+                    continue
                 out += self._remove(peer, ev.reason)
                 break
         # the pool address is known once the TLS handshake named the client
@@ -320,10 +409,11 @@ class Server:
     def _data(self, peer: Peer, data: bytes, now_ns: int) -> list:
         if peer.channel is None:
             return self._drop("early data", peer)
-        if data[0] & 7 != 0:
+        channel = peer.channels.get(data[0] & 7)
+        if channel is None:
             return self._drop("data key id", peer)
         try:
-            payload = peer.channel.decrypt(data)
+            payload = channel.decrypt(data)
         except Replayed:
             return self._drop("replay", peer)
         except CryptoError:

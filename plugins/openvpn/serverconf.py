@@ -44,6 +44,8 @@ class ServerPlan:
     max_clients: int
     hand_window_s: int
     tun_mtu: int
+    reneg_s: int = 3600
+    tran_window_s: int = 60
 
 
 def _where(cfg: Config, d: Directive) -> str:
@@ -180,6 +182,15 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
         if not words:
             raise ConfigError(f"{_where(cfg, d)}: empty push")
         push.append(words)
+    reneg_s, tran_s = 3600, 60
+    if (d := cfg.last("reneg-sec")) is not None:
+        reneg_s = _int(cfg, d, d.args[0], "reneg-sec", 0)
+    if (d := cfg.last("tran-window")) is not None:
+        tran_s = _int(cfg, d, d.args[0], "tran-window", 1)
+    for name in ("reneg-bytes", "reneg-pkts"):
+        if (d := cfg.last(name)) is not None and _int(cfg, d, d.args[0], name, 0):
+            raise ConfigError(f"{_where(cfg, d)}: {name} is not supported by the server (the "
+                              "client's own setting still renegotiates; use reneg-sec here)")
     mc = cfg.last("max-clients")
     hw = cfg.last("hand-window")
     mtu = cfg.last("tun-mtu")
@@ -192,4 +203,5 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
         client_to_client=cfg.has("client-to-client"),
         max_clients=_int(cfg, mc, mc.args[0], "max-clients", 1) if mc else 1024,
         hand_window_s=_int(cfg, hw, hw.args[0], "hand-window", 1) if hw else 60,
-        tun_mtu=_int(cfg, mtu, mtu.args[0], "tun-mtu", 576, 65535) if mtu else 1500)
+        tun_mtu=_int(cfg, mtu, mtu.args[0], "tun-mtu", 576, 65535) if mtu else 1500,
+        reneg_s=reneg_s, tran_window_s=tran_s)

@@ -203,3 +203,39 @@ def test_garbage_is_dropped_and_counted(net, vpn_image, tmp_path):
     assert gw.returncode == 0
     counters = [line for line in log.splitlines() if 'msg=counters' in line][-1]
     assert "drop_" in counters, counters
+
+
+def _iperf_every_second(net: H.Net, seconds: int) -> list[tuple[float, float]]:
+    """iperf3 both ways at once for ``seconds``; bits/s per one-second interval and direction."""
+    import json
+
+    server = net.lan.popen("iperf3", "-s", "-1", "-B", "10.200.9.2", stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    net.lan.wait_listening(5201)
+    out = net.cli.run("iperf3", "-c", "10.200.9.2", "-t", seconds, "-i", "1", "--bidir", "-J",
+                      timeout=seconds + 30).stdout
+    server.wait(10)
+    rates = []
+    for interval in json.loads(out)["intervals"]:
+        up = [s["bits_per_second"] for s in interval["streams"] if s["sender"]]
+        down = [s["bits_per_second"] for s in interval["streams"] if not s["sender"]]
+        rates.append((sum(up), sum(down)))
+    return rates
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_renegotiation_keeps_a_transfer_running_both_ways(net, vpn_image, tmp_path, side):
+    server_extra = ("reneg-sec 6",) if side == "server" else ()
+    client_extra = ("reneg-sec 6",) if side == "client" else ()
+    gw, glog = H.start_gateway(net, vpn_image, tmp_path,
+                               H.server_config(tmp_path, extra=server_extra))
+    client, clog = H.start_client(net, H.client_config(tmp_path, extra=client_extra), tmp_path)
+    H.wait_for(clog, H.READY, client)
+    rates = _iperf_every_second(net, 16)
+    assert len(rates) >= 15 and all(up > 0 and down > 0 for up, down in rates), rates
+    assert net.cli.ping("10.200.9.2", count=2)
+    _stop(client)
+    _stop(gw)
+    log = glog.read_text()
+    assert log.count('msg="key renegotiated"') >= 2, log[-3000:]
+    assert "renegotiation failed" not in log and log.count('msg="client connected"') == 1
