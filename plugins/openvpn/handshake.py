@@ -226,7 +226,10 @@ class ServerSession:
                 return self._drop("acks for another session id")
             self._chan.ack_received(pkt.acks)
         if pkt.opcode == Opcode.P_CONTROL_HARD_RESET_CLIENT_V2 and not self.soft:
-            self._chan.receive(pkt.packet_id, b"", now_ns)  # a retransmission: ack it again
+            if pkt.packet_id != 0:  # a reset is always message 0; never let it take another id
+                self._note_drop("HARD_RESET_CLIENT_V2 with a packet id other than 0")
+            else:
+                self._chan.receive(0, b"", now_ns)  # a retransmission: ack it again
         elif pkt.opcode == Opcode.P_CONTROL_SOFT_RESET_V1 and self.soft and pkt.packet_id == 0:
             self._peer_reset_seen = True
             self._chan.receive(0, b"", now_ns)  # in order before their TLS, acked; no payload
