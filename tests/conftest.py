@@ -20,7 +20,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["ingot.testing.pytest_netns", "tests.interop.mail_harness"]
+pytest_plugins = ["ingot.testing.pytest_netns", "tests.interop.mail_harness",
+                  "tests.interop.vpn_harness"]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The OpenVPN gateway appliance, server mode.
+"""The OpenVPN gateway appliance: server mode, or client mode when the config says `client`.
 
 At start it reads the stock OpenVPN config (``config-file`` in the ``config`` store) and the files
 it names (``ca``, ``cert``, ``key``, ``crl-verify``, ``tls-crypt``/``tls-auth``; or inline
@@ -20,7 +20,9 @@ from typing import Any
 
 from ingot.plugins.openvpn import config as ovconfig
 from ingot.plugins.openvpn import crypto
-from ingot.plugins.openvpn.adapter import ServerAdapter
+from ingot.plugins.openvpn.adapter import ClientAdapter, ServerAdapter
+from ingot.plugins.openvpn.client import Client, ClientSettings, client_ssl_context
+from ingot.plugins.openvpn.clientconf import ClientPlan, client_plan, is_client
 from ingot.plugins.openvpn.server import Server, ServerSettings
 from ingot.plugins.openvpn.serverconf import ServerPlan, files_needed, server_plan
 from ingot.plugins.tls.context import load_chain, private_file
@@ -72,6 +74,7 @@ class Vpn:
         self.keys = keys
         self.log = log
         self.server: Server | None = None
+        self.client_adapter: ClientAdapter | None = None
         self.adapter: ServerAdapter | None = None
         self.ready = asyncio.Event()
 
@@ -81,16 +84,21 @@ class Vpn:
         except (DeviceError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read {name!r} from the config store: {e}") from None
 
-    async def load(self) -> ServerPlan:
+    async def load(self) -> ServerPlan | ClientPlan:
         name = self.keys.config_file
         cfg = ovconfig.parse(await self._read(name), source=name)
         files = {}
         for f in files_needed(cfg):
             files[f] = await self._read(f)
+        if is_client(cfg):
+            return client_plan(cfg, files)
         return server_plan(cfg, files)
 
     async def start(self) -> None:
         plan = await self.load()
+        if isinstance(plan, ClientPlan):
+            await self._start_client(plan)
+            return
         settings = ServerSettings(
             ssl_context=ssl_context(plan), network=plan.network, wrapper=wrapper_factory(plan),
             pool=plan.pool, data_ciphers=plan.data_ciphers, ping_s=plan.ping_s,
@@ -114,6 +122,46 @@ class Vpn:
             stats.cancel()
             self._log_counters()
             self.adapter.close()
+
+    async def _start_client(self, plan: ClientPlan) -> None:
+        def load(ctx: ssl.SSLContext) -> None:
+            load_chain(ctx, plan.cert.encode(), plan.key.encode())
+
+        try:
+            ctx = client_ssl_context(plan.ca, load)
+        except ssl.SSLError as e:
+            raise ConfigError(f"cannot load the certificates: {e}") from None
+        except Exception as e:  # the tls plugin's TlsError
+            raise ConfigError(str(e)) from None
+        if plan.wrap == "tls-crypt":
+            def wrapper():
+                return crypto.TlsCrypt(plan.wrap_key, server=False)
+        elif plan.wrap == "tls-auth":
+            def wrapper():
+                return crypto.TlsAuth(plan.wrap_key, plan.key_direction, plan.auth)
+        else:
+            wrapper = None
+        settings = ClientSettings(ctx, wrapper=wrapper, data_ciphers=plan.data_ciphers,
+                                  auth=plan.auth, proto=plan.proto, reneg_s=plan.reneg_s,
+                                  tran_window_s=plan.tran_window_s,
+                                  hand_window_s=plan.hand_window_s, server_eku=plan.server_eku,
+                                  verify_server_name=plan.verify_name)
+        self.client_adapter = ClientAdapter(
+            lambda now: Client(settings, self.random.generate, now), self.stack, self.tun,
+            proto=plan.proto, host=plan.host, port=plan.port, mclock=self.mclock,
+            pclock=self.pclock, log=self.log)
+        self.log.info("ready", mode="client", remote=f"{plan.host}:{plan.port}",
+                      proto=plan.proto, control=plan.wrap or "none",
+                      ciphers=":".join(plan.data_ciphers))
+        self.ready.set()
+        try:
+            await self.client_adapter.run()
+        finally:
+            client = self.client_adapter.client
+            self.log.info("counters", connections=self.client_adapter.connections,
+                          **{k.replace(" ", "_").replace(".", "_").replace("-", "_"): v
+                             for k, v in sorted({**self.client_adapter.counters,
+                                                 **(client.counters if client else {})}.items())})
 
     def _log_counters(self) -> None:
         if self.server is not None:

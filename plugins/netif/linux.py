@@ -45,6 +45,8 @@ OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 """What a vnet-header device lets the kernel hand over unfinished: checksums, TCP GSO."""
 
 # <linux/sockios.h>, <linux/if.h>
+SIOCSIFADDR = 0x8916
+SIOCSIFNETMASK = 0x891C
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCGIFMTU = 0x8921
@@ -260,6 +262,12 @@ def check_mac(text: str) -> None:
         raise ValueError(f"{text} is a multicast address")
 
 
+def _rta(kind: int, data: bytes) -> bytes:
+    """One rtnetlink attribute, padded to 4 bytes."""
+    raw = struct.pack("HH", 4 + len(data), kind) + data
+    return raw + b"\0" * (-len(raw) % 4)
+
+
 class Interface:
     """Facts about one interface, read through a socket in its namespace."""
 
@@ -288,6 +296,44 @@ class Interface:
     def mac(self) -> bytes:
         res = _ioctl(self.sock.fileno(), SIOCGIFHWADDR, ifreq(self.name), self.name)
         return bytes(res[18:24])
+
+    def set_ipv4(self, address: str, netmask: str) -> None:
+        """Give the interface an IPv4 address and netmask (replacing its IPv4 address; the
+        kernel adds the connected route). Needs CAP_NET_ADMIN."""
+        addr = struct.pack("HH4s8x", socket.AF_INET, 0, socket.inet_aton(address))
+        mask = struct.pack("HH4s8x", socket.AF_INET, 0, socket.inet_aton(netmask))
+        # address ioctls belong to the inet layer: an AF_INET socket is needed here
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            _ioctl(s.fileno(), SIOCSIFADDR, ifreq(self.name, addr), f"{self.name}: set address")
+            _ioctl(s.fileno(), SIOCSIFNETMASK, ifreq(self.name, mask),
+                   f"{self.name}: set netmask")
+
+    def add_route_v4(self, network: str, prefixlen: int, gateway: str | None = None) -> None:
+        """Add (or replace) an IPv4 route to ``network/prefixlen`` out of this interface, via
+        ``gateway`` when given, in the main table (``RTM_NEWROUTE`` over rtnetlink)."""
+        index = socket.if_nametoindex(self.name)
+        attrs = _rta(1, socket.inet_aton(network)) + _rta(4, struct.pack("I", index))  # DST, OIF
+        scope = 253  # RT_SCOPE_LINK
+        if gateway is not None:
+            attrs += _rta(5, socket.inet_aton(gateway))  # RTA_GATEWAY
+            scope = 0  # RT_SCOPE_UNIVERSE
+        # rtmsg: family, dst_len, src_len, tos, table main, protocol static, scope, unicast
+        body = struct.pack("BBBBBBBBI", socket.AF_INET, prefixlen, 0, 0, 254, 4, scope, 1, 0)
+        body += attrs
+        flags = 0x1 | 0x4 | 0x400 | 0x100  # REQUEST, ACK, CREATE, REPLACE
+        msg = struct.pack("IHHII", 16 + len(body), 24, flags, 1, 0) + body  # RTM_NEWROUTE
+        what = f"{self.name}: add route {network}/{prefixlen}"
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+            nl.settimeout(5)
+            try:
+                nl.send(msg)
+                reply = nl.recv(4096)
+            except OSError as exc:
+                raise os_error(exc, what) from None
+        if len(reply) >= 20 and struct.unpack_from("H", reply, 4)[0] == 2:  # NLMSG_ERROR
+            err = -struct.unpack_from("i", reply, 16)[0]
+            if err:
+                raise os_error(OSError(err, os.strerror(err)), what)
 
     def close(self) -> None:
         if self._own:

@@ -45,6 +45,15 @@ def _read_into(fd: int, buffer: memoryview) -> int:
 class TunTap(FdDevice):
     """A tun (or, in :class:`~ingot.plugins.netif.tap.TapNet`, tap) interface."""
 
+    def set_ipv4(self, address: str, netmask: str) -> None:
+        """Give the interface an IPv4 address (see :meth:`.linux.Interface.set_ipv4`)."""
+        self._iface.set_ipv4(address, netmask)
+
+    def add_route_v4(self, network: str, prefixlen: int, gateway: str | None = None) -> None:
+        """Route ``network/prefixlen`` into this interface (see
+        :meth:`.linux.Interface.add_route_v4`)."""
+        self._iface.add_route_v4(network, prefixlen, gateway)
+
     MODE = IFF_TUN
     KIND = "tun"
     ETHERNET = False

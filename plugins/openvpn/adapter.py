@@ -24,6 +24,16 @@ _TCP_QUEUE = 512
 """Packets waiting for one TCP client's connection; more are dropped (as UDP would lose them)."""
 
 
+async def _drain(flow: Flow, queue: asyncio.Queue) -> str:
+    """Write what comes on ``queue`` to ``flow`` until a None or the connection's end."""
+    try:
+        while (data := await queue.get()) is not None:
+            await flow.write(data)
+        return "closed"
+    except (ConnectionReset, Closed):
+        return "connection reset"
+
+
 class _TcpClient:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
@@ -31,10 +41,11 @@ class _TcpClient:
         self.dropped = 0
 
 
-class ServerAdapter:
-    def __init__(self, server: Server, stack: Stack, tun: Tun, *, proto: str, host: str,
-                 port: int, mclock: Any, pclock: Any, log: Any) -> None:
-        self.server = server
+class _Endpoint:
+    """What both adapters hold: the devices, the transport and the clocks."""
+
+    def __init__(self, stack: Stack, tun: Tun, *, proto: str, host: str, port: int,
+                 mclock: Any, pclock: Any, log: Any) -> None:
         self.stack = stack
         self.tun = tun
         self.proto = proto
@@ -43,6 +54,15 @@ class ServerAdapter:
         self.mclock = mclock
         self.pclock = pclock
         self.log = log
+
+    def _now(self) -> tuple[int, int]:
+        return self.mclock.elapsed_ns(), self.pclock.now()[0]
+
+
+class ServerAdapter(_Endpoint):
+    def __init__(self, server: Server, stack: Stack, tun: Tun, **where: Any) -> None:
+        super().__init__(stack, tun, **where)
+        self.server = server
         self.address: tuple[str, int] | None = None
         self._udp: Any = None
         self._listener: Any = None
@@ -50,9 +70,6 @@ class ServerAdapter:
         self._tasks: list[asyncio.Task] = []
         self._tcp_ids = 0
         self.ready = asyncio.Event()
-
-    def _now(self) -> tuple[int, int]:
-        return self.mclock.elapsed_ns(), self.pclock.now()[0]
 
     async def start(self) -> None:
         if self.proto == "udp":
@@ -144,15 +161,8 @@ class ServerAdapter:
             self._out(self.server.remove(addr, reason))
 
     async def _tcp_writer(self, client: _TcpClient) -> None:
-        try:
-            while True:
-                data = await client.queue.get()
-                if data is None:
-                    client.flow.close()
-                    return
-                await client.flow.write(data)
-        except (ConnectionReset, Closed):
-            client.flow.close()
+        await _drain(client.flow, client.queue)
+        client.flow.close()
 
     async def _tun_loop(self) -> None:
         while True:
@@ -175,3 +185,199 @@ class ServerAdapter:
             now, wall = self._now()
             self._out(self.server.tick(now, wall))
             await asyncio.sleep(0)
+
+
+class ClientAdapter(_Endpoint):
+    """A :class:`~.client.Client` over a stack device and a tun device, reconnecting.
+
+    Each attempt is a new Client (new session id) over a new UDP socket (any local port, as
+    ``nobind``) or a new TCP connection. On :class:`~.client.Connected` the tun interface gets the
+    pushed address (when the tun device can set one); a :class:`~.client.Disconnected`, a
+    closed connection or a hand-window timeout starts the next attempt after ``retry_s``
+    (doubling up to ``retry_max_s``). Tunnel packets read while no session is up are dropped and
+    counted.
+    """
+
+    def __init__(self, make_client, stack: Stack, tun: Tun, *, retry_s: float = 1.0,
+                 retry_max_s: float = 30.0, **where: Any) -> None:
+        super().__init__(stack, tun, **where)
+        self.make_client = make_client
+        self.retry_s = retry_s
+        self.retry_max_s = retry_max_s
+        self.client: Any = None
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self.counters: dict[str, int] = {}
+        self._send: Any = None
+        self._done: asyncio.Future | None = None
+        self._stopping = False
+
+    async def run(self) -> None:
+        tun_task = asyncio.ensure_future(self._tun_loop())
+        delay = self.retry_s
+        try:
+            while True:
+                reason = await self._attempt()
+                self.connected.clear()
+                self.log.warning("disconnected", reason=reason, retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = self.retry_s if self.client is not None and \
+                    self.client.connected is not None else min(delay * 2, self.retry_max_s)
+        finally:
+            tun_task.cancel()
+            self.close()
+
+    def close(self) -> None:
+        client, send = self.client, self._send
+        if client is not None and send is not None and not self._stopping:
+            self._stopping = True
+            from .client import ToServer
+
+            for item in client.exit(self.mclock.elapsed_ns()):
+                if isinstance(item, ToServer):
+                    send(item.data)
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    async def _attempt(self) -> str:
+        from .client import Connected, Disconnected, ToServer, ToTun
+
+        now, wall = self._now()
+        client = self.make_client(now)
+        self.client = client
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        self._done = done
+        udp = flow = None
+
+        def out(items: list) -> None:
+            for item in items:
+                if isinstance(item, ToServer):
+                    self._send(item.data)
+                elif isinstance(item, ToTun):
+                    try:
+                        self.tun.write(item.packet)
+                    except DeviceError:
+                        self._count("drop.tun write")
+                elif isinstance(item, Connected):
+                    self._on_connected(item)
+                elif isinstance(item, Disconnected) and not done.done():
+                    done.set_result(item.reason)
+            for message, fields in client.events:
+                self.log.info(message, **fields)
+            client.events.clear()
+
+        try:
+            if self.proto == "udp":
+                def datagram(data: bytes, addr: Any) -> None:
+                    if addr[0] == self.host and addr[1] == self.port:
+                        n, w = self._now()
+                        out(client.from_server(data, n, w))
+                    else:
+                        self._count("drop.not from the server")
+
+                udp = await self.stack.bind_udp("0.0.0.0", 0, datagram)
+                self._send = lambda data: udp.sendto(data, (self.host, self.port))
+                reader = None
+            else:
+                try:
+                    flow = await self.stack.connect_tcp(self.host, self.port, timeout_s=10)
+                except DeviceError as e:
+                    return f"cannot connect: {e}"
+                queue: asyncio.Queue = asyncio.Queue(_TCP_QUEUE)
+
+                def send_tcp(data: bytes) -> None:
+                    try:
+                        queue.put_nowait(wire.frame(data))
+                    except asyncio.QueueFull:
+                        self._count("drop.tcp queue full")
+
+                self._send = send_tcp
+                reader = asyncio.ensure_future(self._tcp_reader(flow, client, out, done))
+                writer = asyncio.ensure_future(self._tcp_writer(flow, queue, done))
+            out(client.start(now, wall))
+            timer = asyncio.ensure_future(self._timer(client, out, done))
+            try:
+                return await done
+            finally:
+                timer.cancel()
+                if reader is not None:
+                    reader.cancel()
+                    writer.cancel()
+        finally:
+            self._send = None
+            if udp is not None:
+                udp.close()
+            if flow is not None:
+                flow.close()
+
+    def _on_connected(self, item: Any) -> None:
+        self.connections += 1
+        setter = getattr(self.tun, "set_ipv4", None)
+        if setter is not None:
+            try:
+                setter(str(item.address.ip), str(item.address.netmask))
+            except DeviceError as e:
+                self.log.warning("cannot set the tun address", error=str(e))
+        router = getattr(self.tun, "add_route_v4", None)
+        for net in item.routes if router is not None else ():
+            try:
+                router(str(net.network_address), net.prefixlen,
+                       str(item.gateway) if item.gateway else None)
+            except DeviceError as e:
+                self.log.warning("cannot add a pushed route", route=str(net), error=str(e))
+        self.log.info("connected", address=str(item.address), gateway=str(item.gateway),
+                      cipher=item.cipher,
+                      routes=",".join(str(r) for r in item.routes) or "none")
+        self.connected.set()
+
+    async def _tcp_reader(self, flow: Flow, client: Any, out, done: asyncio.Future) -> None:
+        framer = wire.TcpFramer()
+        try:
+            while True:
+                data = await flow.read()
+                if not data:
+                    break
+                for packet in framer.feed(data):
+                    n, w = self._now()
+                    out(client.from_server(packet, n, w))
+        except wire.MalformedPacket as e:
+            if not done.done():
+                done.set_result(f"bad framing from the server: {e.reason}")
+        except (ConnectionReset, Closed):
+            pass
+        if not done.done():
+            done.set_result("the server closed the connection")
+
+    async def _tcp_writer(self, flow: Flow, queue: asyncio.Queue, done: asyncio.Future) -> None:
+        reason = await _drain(flow, queue)
+        if not done.done():
+            done.set_result(reason)
+
+    async def _timer(self, client: Any, out, done: asyncio.Future) -> None:
+        while not done.done():
+            deadline = client.next_deadline()
+            now = self.mclock.elapsed_ns()
+            if deadline is None or deadline > now:
+                await asyncio.sleep(TICK_S if deadline is None
+                                    else min(TICK_S, (deadline - now) / 1e9))
+                continue
+            n, w = self._now()
+            out(client.tick(n, w))
+            if client.gone and not done.done():
+                done.set_result("session ended")
+            await asyncio.sleep(0)
+
+    async def _tun_loop(self) -> None:
+        while True:
+            try:
+                packet = await self.tun.read()
+            except Closed:
+                return
+            client, send = self.client, self._send
+            if client is None or send is None or client.channel is None:
+                self._count("drop.tun while disconnected")
+                continue
+            for item in client.from_tun(packet, self.mclock.elapsed_ns()):
+                send(item.data)

@@ -53,7 +53,7 @@ from .crypto import DataKeys
 from .reliable import ReliableChannel
 from .wire import ControlPacket, MalformedPacket, Opcode
 
-__all__ = ["SendPacket", "Established", "Failed", "Exited", "PushOptions", "ServerSession",
+__all__ = ["TlsKeyState", "common_name", "SendPacket", "Established", "Failed", "Exited", "PushOptions", "ServerSession",
            "server_ssl_context", "TLS_RELIABLE_WINDOW", "DEFAULT_HAND_WINDOW_NS"]
 
 TLS_RELIABLE_WINDOW = 6  # OpenVPN 2.6 ssl_pkt.h TLS_RELIABLE_N_SEND_BUFFERS
@@ -131,7 +131,8 @@ class _State(enum.Enum):
     FAILED = "failed"
 
 
-def _common_name(cert: dict | None) -> str:
+def common_name(cert: dict | None) -> str:
+    """The commonName of a certificate as ``SSLSocket.getpeercert()`` gives it ("" if none)."""
     for rdn in (cert or {}).get("subject", ()):
         for key, value in rdn:
             if key == "commonName":
@@ -139,7 +140,88 @@ def _common_name(cert: dict | None) -> str:
     return ""
 
 
-class ServerSession:
+def proto_flags(peer_info: dict[str, str]) -> int:
+    """The client's IV_PROTO bits (0 when absent or not a number)."""
+    try:
+        return int(peer_info.get("IV_PROTO", "0"))
+    except ValueError:
+        return 0
+
+
+class TlsKeyState:
+    """What a key state of either side shares: drop counting, the TLS pump over memory BIOs
+    and failing. A subclass sets ``PEER`` (who is at the other end, for messages), ``state``
+    (its own enum with ``TLS`` and ``FAILED`` members), ``_in``/``_out``/``_tls``/``_chan``,
+    and implements ``_handshake_done(events) -> bool`` (False: it failed) and
+    ``_plaintext(chunk, events, now_ns)``."""
+
+    PEER = "peer"
+
+    def _note_drop(self, why: str) -> None:
+        self.dropped += 1
+        self.last_drop = why
+
+    def _drop(self, why: str) -> list:
+        self._note_drop(why)
+        return []
+
+    def _fail(self, events: list, reason: str) -> None:
+        self._pull_tls_output()  # a TLS alert, if OpenSSL wrote one
+        self.state = type(self.state).FAILED
+        events.append(Failed(reason))
+
+    def _tls_records(self, pkt: ControlPacket, events: list, now_ns: int) -> None:
+        """A P_CONTROL_V1's TLS bytes, delivered in order, into the TLS session."""
+        for payload in self._chan.receive(pkt.packet_id, pkt.payload, now_ns):
+            self._tls_in(payload, events, now_ns)
+            if self.state is type(self.state).FAILED:
+                break
+
+    def _deadline(self, *extra: int | None) -> int | None:
+        """The next retransmission, ``extra`` timer or (until established) the hand-window."""
+        states = type(self.state)
+        if self.state is states.FAILED:
+            return None
+        times = [t for t in (self._chan.next_deadline(), *extra) if t is not None]
+        if self.state is not states.ESTABLISHED:
+            times.append(self.deadline_ns)
+        return min(times) if times else None
+
+    def _pull_tls_output(self) -> None:
+        data = self._out.read()
+        if data:
+            self._chan.send(data)
+
+    def _tls_in(self, payload: bytes, events: list, now_ns: int) -> None:
+        states = type(self.state)
+        self._in.write(payload)
+        try:
+            if self.state is states.TLS:
+                self._tls.do_handshake()
+                if not self._handshake_done(events):
+                    return
+            while True:
+                chunk = self._tls.read(1 << 16)
+                if not chunk:
+                    break
+                self._plaintext(chunk, events, now_ns)
+                if self.state is states.FAILED:
+                    return
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            self._fail(events, f"{self.PEER} closed the TLS session")
+            return
+        except ssl.SSLCertVerificationError as e:
+            self._fail(events, f"{self.PEER} certificate rejected: {e.verify_message or e}")
+            return
+        except ssl.SSLError as e:
+            self._fail(events, f"TLS error: {e.reason or e}")
+            return
+        self._pull_tls_output()
+
+
+class ServerSession(TlsKeyState):
     """One client's control session, from its HARD_RESET_CLIENT_V2 to established data keys.
 
     ``session_id``: our 8 random bytes; ``randoms``: 64 random bytes (our key-method-2 random1 and
@@ -147,11 +229,14 @@ class ServerSession:
     ``tls-client`` turned into ``tls-server``; stock OpenVPN only warns on a difference).
     """
 
+    PEER = "client"
+
     def __init__(self, ssl_context: ssl.SSLContext, push: PushOptions, *, session_id: bytes,
                  randoms: bytes, now_ns: int, hand_window_ns: int = DEFAULT_HAND_WINDOW_NS,
                  options_string: str | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD,
                  initial_timeout_ns: int = 1_000_000_000, key_id: int = 0, soft: bool = False,
-                 remote_session_id: bytes | None = None, cipher: str | None = None) -> None:
+                 remote_session_id: bytes | None = None, cipher: str | None = None,
+                 push_for=None) -> None:
         if len(session_id) != wire.SESSION_ID_LEN:
             raise ValueError("session_id must be 8 bytes")
         if len(randoms) != 64:
@@ -165,6 +250,10 @@ class ServerSession:
         self.soft = soft
         self.remote_session_id: bytes | None = remote_session_id
         self.push = push
+        self._push_for = push_for
+        """``push_for(common_name) -> PushOptions | None``: the push for the client the TLS
+        handshake named (its pool address), asked once when the reply is built; None fails
+        the session (no address left)."""
         self.options_string = options_string
         self.deadline_ns = now_ns + hand_window_ns
         self.state = _State.WAIT_RESET
@@ -234,22 +323,14 @@ class ServerSession:
             self._peer_reset_seen = True
             self._chan.receive(0, b"", now_ns)  # in order before their TLS, acked; no payload
         elif pkt.opcode == Opcode.P_CONTROL_V1 and self._peer_reset_seen:
-            for payload in self._chan.receive(pkt.packet_id, pkt.payload, now_ns):
-                self._tls_in(payload, events)
-                if self.state is _State.FAILED:
-                    break
+            self._tls_records(pkt, events, now_ns)
         elif pkt.opcode != Opcode.P_ACK_V1:
             self._note_drop(f"{pkt.opcode.name} not expected")
         return self._flush(now_ns, events)
 
     def next_deadline(self) -> int | None:
         """When to call :meth:`tick` next (monotonic ns), or None."""
-        if self.state is _State.FAILED:
-            return None
-        times = [t for t in (self._chan.next_deadline(),) if t is not None]
-        if self.state is not _State.ESTABLISHED:
-            times.append(self.deadline_ns)
-        return min(times) if times else None
+        return self._deadline()
 
     def tick(self, now_ns: int) -> list:
         """Retransmissions and acks due, and the hand-window timeout."""
@@ -265,19 +346,6 @@ class ServerSession:
     @property
     def _stage(self) -> str:
         return self.state.value
-
-    def _note_drop(self, why: str) -> None:
-        self.dropped += 1
-        self.last_drop = why
-
-    def _drop(self, why: str) -> list:
-        self._note_drop(why)
-        return []
-
-    def _fail(self, events: list, reason: str) -> None:
-        self._pull_tls_output()  # a TLS alert, if OpenSSL wrote one
-        self.state = _State.FAILED
-        events.append(Failed(reason))
 
     def _flush(self, now_ns: int, events: list) -> list:
         """Hand out what the reliable channel has due, ahead of any Failed / Established."""
@@ -297,43 +365,16 @@ class ServerSession:
                 Opcode.P_ACK_V1, self.key_id, self.session_id, acks, self.remote_session_id))))
         return packets + events
 
-    def _pull_tls_output(self) -> None:
-        data = self._out.read()
-        if data:
-            self._chan.send(data)
-
-    def _tls_in(self, payload: bytes, events: list) -> None:
-        self._in.write(payload)
-        try:
-            if self.state is _State.TLS:
-                self._tls.do_handshake()
-                self.common_name = _common_name(self._tls.getpeercert())
-                self.state = _State.KEY_METHOD
-            while True:
-                chunk = self._tls.read(1 << 16)
-                if not chunk:
-                    break
-                self._plaintext(chunk, events)
-                if self.state is _State.FAILED:
-                    return
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:
-            self._fail(events, "client closed the TLS session")
-            return
-        except ssl.SSLCertVerificationError as e:
-            self._fail(events, f"client certificate rejected: {e.verify_message or e}")
-            return
-        except ssl.SSLError as e:
-            self._fail(events, f"TLS error: {e.reason or e}")
-            return
-        self._pull_tls_output()
+    def _handshake_done(self, events: list) -> bool:
+        self.common_name = common_name(self._tls.getpeercert())
+        self.state = _State.KEY_METHOD
+        return True
 
     def _write(self, data: bytes) -> None:
         self._tls.write(data)
         self._pull_tls_output()
 
-    def _plaintext(self, chunk: bytes, events: list) -> None:
+    def _plaintext(self, chunk: bytes, events: list, now_ns: int) -> None:
         if self.state is _State.KEY_METHOD:
             self._plain += chunk
             try:
@@ -373,6 +414,8 @@ class ServerSession:
         self._write(wire.build_key_method_2(wire.KeyMethod2(
             options, self._randoms[:32], self._randoms[32:])))
         self.state = _State.WAIT_PUSH
+        if proto_flags(self.peer_info) & wire.IV_PROTO_REQUEST_PUSH:
+            self._message(wire.PUSH_REQUEST, events)  # 2.6 clients take the push unasked
 
     def _push_options(self) -> list[tuple[str, ...]]:
         p = self.push
@@ -382,11 +425,7 @@ class ServerSession:
         opts += [("topology", p.topology), ("ping", str(p.ping)),
                  ("ping-restart", str(p.ping_restart)), ("ifconfig", *p.ifconfig),
                  ("peer-id", str(p.peer_id)), ("cipher", self.cipher)]
-        try:
-            proto = int(self.peer_info.get("IV_PROTO", "0"))
-        except ValueError:
-            proto = 0
-        if proto & wire.IV_PROTO_CC_EXIT_NOTIFY:
+        if proto_flags(self.peer_info) & wire.IV_PROTO_CC_EXIT_NOTIFY:
             # no tls-ekm: CPython's ssl cannot export keying material, so both ends use the PRF
             opts.append(("protocol-flags", "cc-exit"))
         if p.tun_mtu is not None:
@@ -401,6 +440,12 @@ class ServerSession:
         if text != wire.PUSH_REQUEST:
             self._note_drop(f"control message {text[:40]!r} ignored")
             return
+        if self._push_reply is None and self._push_for is not None:
+            push = self._push_for(self.common_name)
+            if push is None:
+                self._fail(events, "address pool exhausted")
+                return
+            self.push = push
         if self._push_reply is None:
             self._push_reply = wire.build_message(wire.build_push_reply(self._push_options()))
         self._write(self._push_reply)  # a repeated PUSH_REQUEST gets the same reply

@@ -294,15 +294,17 @@ class Server:
             out += self._remove(self.peers[addr], "restarted (new session id)")
         peer_id = self._next_peer_id
         self._next_peer_id = (self._next_peer_id + 1) & 0xFFFFFF
-        # the address is settled once the client's certificate names it; hold a placeholder
+        # the address is settled by _push_for once the TLS handshake names the client
         push = PushOptions(ifconfig=("0.0.0.0", str(s.network.netmask)),
                            route_gateway=str(s.server_address), ping=s.ping_s,
                            ping_restart=max(1, s.ping_restart_s // 2), peer_id=peer_id,
                            data_ciphers=s.data_ciphers, tun_mtu=s.tun_mtu, extra=s.push)
+        peer = Peer(addr, wrapper, None, peer_id, ipaddress.IPv4Address(0), now_ns, now_ns)
         session = ServerSession(s.ssl_context, push, session_id=self._entropy(8),
                                 randoms=self._entropy(64), now_ns=now_ns,
-                                hand_window_ns=s.hand_window_s * SECOND)
-        peer = Peer(addr, wrapper, session, peer_id, ipaddress.IPv4Address(0), now_ns, now_ns)
+                                hand_window_ns=s.hand_window_s * SECOND,
+                                push_for=lambda cn: self._push_for(peer, cn))
+        peer.session = session
         peer.keystates[0] = session
         self.peers[addr] = peer
         self.counters["sessions"] += 1
@@ -371,23 +373,26 @@ class Server:
                     continue
                 out += self._remove(peer, ev.reason)
                 break
-        # the pool address is known once the TLS handshake named the client
-        if peer.address == ipaddress.IPv4Address(0) and peer.session.common_name \
-                and peer.addr in self.peers:
-            address = self._allocate(peer.session.common_name)
-            if address is None:
-                return out + self._remove(peer, "address pool exhausted")
-            peer.address = address
-            peer.common_name = peer.session.common_name
-            self.by_address[address] = peer
-            self._last_cn_address[peer.common_name] = address
-            s = self.settings
-            peer.session.push = PushOptions(
-                ifconfig=(str(address), str(s.network.netmask)),
-                route_gateway=str(s.server_address), ping=s.ping_s,
-                ping_restart=max(1, s.ping_restart_s // 2), peer_id=peer.peer_id,
-                data_ciphers=s.data_ciphers, tun_mtu=s.tun_mtu, extra=s.push)
         return out
+
+    def _push_for(self, peer: Peer, common_name: str) -> PushOptions | None:
+        """The push once the TLS handshake named the client: its pool address."""
+        if self.peers.get(peer.addr) is not peer:
+            return None
+        if peer.address == ipaddress.IPv4Address(0):
+            address = self._allocate(common_name)
+            if address is None:
+                return None
+            peer.address = address
+            peer.common_name = common_name
+            self.by_address[address] = peer
+            self._last_cn_address[common_name] = address
+        s = self.settings
+        return PushOptions(
+            ifconfig=(str(peer.address), str(s.network.netmask)),
+            route_gateway=str(s.server_address), ping=s.ping_s,
+            ping_restart=max(1, s.ping_restart_s // 2), peer_id=peer.peer_id,
+            data_ciphers=s.data_ciphers, tun_mtu=s.tun_mtu, extra=s.push)
 
     def _remove(self, peer: Peer, reason: str) -> list:
         if self.peers.get(peer.addr) is peer:

@@ -16,7 +16,8 @@ from . import crypto
 from .config import Config, ConfigError, Directive, split_push
 from .crypto import AEAD_CIPHERS, CBC_CIPHERS
 
-__all__ = ["ServerPlan", "files_needed", "server_plan", "FILE_DIRECTIVES"]
+__all__ = ["ServerPlan", "files_needed", "server_plan", "control_wrap", "data_ciphers",
+           "FILE_DIRECTIVES"]
 
 FILE_DIRECTIVES = ("ca", "cert", "key", "crl-verify", "tls-crypt", "tls-auth", "dh")
 
@@ -80,6 +81,41 @@ def _addr(cfg: Config, d: Directive, text: str) -> ipaddress.IPv4Address:
         raise ConfigError(f"{_where(cfg, d)}: {text!r} is not an IPv4 address") from None
 
 
+def control_wrap(cfg: Config, text) -> tuple[str | None, crypto.Key2 | None, int | None]:
+    """The control channel's wrapping: (``tls-crypt``/``tls-auth``/None, its key, the
+    tls-auth key direction); ``text(name)`` reads a directive's file."""
+    if cfg.has("tls-crypt-v2"):
+        d = cfg.last("tls-crypt-v2")
+        raise ConfigError(f"{_where(cfg, d)}: tls-crypt-v2 is not supported yet "
+                          "(use tls-crypt or tls-auth)")
+    if cfg.has("tls-crypt") and cfg.has("tls-auth"):
+        raise ConfigError(f"{cfg.source}: tls-crypt and tls-auth cannot both be used")
+    for name in ("tls-crypt", "tls-auth"):
+        if cfg.has(name):
+            d = cfg.last(name)
+            try:
+                key = crypto.parse_static_key(text(name))
+            except ValueError as e:
+                raise ConfigError(f"{_where(cfg, d)}: {name} key: {e}") from None
+            direction = None
+            if name == "tls-auth":
+                arg = d.args[1] if len(d.args) > 1 else cfg.value("key-direction")
+                direction = None if arg is None else _int(cfg, d, arg, "key direction", 0, 1)
+            return name, key, direction
+    return None, None, None
+
+
+def data_ciphers(cfg: Config) -> tuple[str, ...]:
+    """``data-ciphers`` (OpenVPN 2.6's default list when absent), each one we have."""
+    text = cfg.value("data-ciphers", "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305")
+    ciphers = tuple(c.upper() for c in text.split(":") if c)
+    for c in ciphers:
+        if c not in AEAD_CIPHERS and c not in CBC_CIPHERS:
+            raise ConfigError(f"{_where(cfg, cfg.last('data-ciphers'))}: data cipher {c!r} is "
+                              f"not supported ({', '.join([*AEAD_CIPHERS, *CBC_CIPHERS])})")
+    return ciphers
+
+
 def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
     """Check the config for server mode; ``files`` maps the names :func:`files_needed` gave to
     their text."""
@@ -140,32 +176,10 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
     port = _int(cfg, port_d, port_d.args[0], "port", 1, 65535) if port_d else 1194
     host = cfg.value("local", "0.0.0.0") or "0.0.0.0"
 
-    wrap, wrap_key, direction = None, None, None
-    if cfg.has("tls-crypt-v2"):
-        d = cfg.last("tls-crypt-v2")
-        raise ConfigError(f"{_where(cfg, d)}: tls-crypt-v2 is not supported by the server yet "
-                          "(use tls-crypt or tls-auth)")
-    if cfg.has("tls-crypt") and cfg.has("tls-auth"):
-        raise ConfigError(f"{cfg.source}: tls-crypt and tls-auth cannot both be used")
-    for name in ("tls-crypt", "tls-auth"):
-        if cfg.has(name):
-            d = cfg.last(name)
-            try:
-                wrap_key = crypto.parse_static_key(text(name))
-            except ValueError as e:
-                raise ConfigError(f"{_where(cfg, d)}: {name} key: {e}") from None
-            wrap = name
-            if name == "tls-auth":
-                arg = d.args[1] if len(d.args) > 1 else cfg.value("key-direction")
-                direction = None if arg is None else _int(cfg, d, arg, "key direction", 0, 1)
+    wrap, wrap_key, direction = control_wrap(cfg, text)
     auth = (cfg.value("auth", "SHA1") or "SHA1").upper()
 
-    ciphers = cfg.value("data-ciphers", "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305")
-    data_ciphers = tuple(c.upper() for c in ciphers.split(":") if c)
-    for c in data_ciphers:
-        if c not in AEAD_CIPHERS and c not in CBC_CIPHERS:
-            raise ConfigError(f"{_where(cfg, cfg.last('data-ciphers'))}: data cipher {c!r} is "
-                              f"not supported ({', '.join([*AEAD_CIPHERS, *CBC_CIPHERS])})")
+    ciphers = data_ciphers(cfg)
 
     ping_s, restart_s = 10, 120
     if (d := cfg.last("keepalive")) is not None:
@@ -199,7 +213,7 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
         proto=base, host=host, port=port, network=network, pool=pool,
         ca=text("ca"), cert=text("cert"), key=text("key"), crl=crl,
         wrap=wrap, wrap_key=wrap_key, key_direction=direction, auth=auth,
-        data_ciphers=data_ciphers, ping_s=ping_s, ping_restart_s=restart_s, push=tuple(push),
+        data_ciphers=ciphers, ping_s=ping_s, ping_restart_s=restart_s, push=tuple(push),
         client_to_client=cfg.has("client-to-client"),
         max_clients=_int(cfg, mc, mc.args[0], "max-clients", 1) if mc else 1024,
         hand_window_s=_int(cfg, hw, hw.args[0], "hand-window", 1) if hw else 60,

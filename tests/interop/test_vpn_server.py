@@ -8,7 +8,6 @@ built from appliances/vpn with the example config of configs/vpn/server.
 from __future__ import annotations
 
 import datetime
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,53 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ingot.testing.pytest_netns import requires_netns
-from tests.conftest import ROOT, Cli
 from tests.interop import vpn_harness as H
+from tests.interop.vpn_harness import SINK, SOURCE, iperf_every_second, stop
 
 pytestmark = [requires_netns, pytest.mark.slow]
-
-SINK = """
-import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("10.200.9.2", 5001)); s.listen(1); s.settimeout(30)
-c, _ = s.accept(); c.settimeout(30); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(65536)
-    if not b: break
-    h.update(b); n += len(b)
-c.sendall(f"{n} {h.hexdigest()}".encode()); c.close()
-"""
-
-SOURCE = """
-import hashlib, os, socket, sys
-data = os.urandom(int(sys.argv[1]))
-c = socket.create_connection(("10.200.9.2", 5001), timeout=30)
-c.sendall(data); c.shutdown(socket.SHUT_WR)
-print(f"{len(data)} {hashlib.sha256(data).hexdigest()}", c.recv(200).decode())
-"""
-
-
-@pytest.fixture(scope="module")
-def vpn_image(tmp_path_factory) -> Path:
-    cli = Cli(tmp_path_factory.mktemp("vpn-image"))
-    cli("configure", ROOT / "appliances" / "vpn", "--target", "unix")
-    cli("build", ROOT / "appliances" / "vpn", timeout=300)
-    return cli.image("vpn-unix")
-
 
 @pytest.fixture
 def net(netns) -> H.Net:
     return H.make_net(netns)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def _transfer(net: H.Net, size: int = 4 << 20) -> None:
@@ -98,9 +58,9 @@ def test_stock_client_connects_and_routes(net, vpn_image, tmp_path, proto, wrap,
     assert net.cli.ping("10.200.8.1", count=3)  # the gateway's side of the tunnel
     assert net.cli.ping("10.200.9.2", count=3)  # a host behind the gateway, by NAT
     _transfer(net)
-    _stop(client)
+    stop(client)
     H.wait_for(glog, "msg=\"client gone\"", gw, 15)
-    _stop(gw)
+    stop(gw)
     log = glog.read_text()
     assert gw.returncode == 0, log[-3000:]
     assert f"cipher={cipher}" in log and "cn=client1" in log
@@ -122,8 +82,8 @@ def test_two_clients_get_their_own_addresses(net, vpn_image, tmp_path, c2c):
     assert net.cli.ping("10.200.9.2", count=2) and cli2.ping("10.200.9.2", count=2)
     assert net.cli.ping("10.200.8.3", count=2, timeout_s=1) is c2c
     for p in (c1, c2):
-        _stop(p)
-    _stop(gw)
+        stop(p)
+    stop(gw)
     log = glog.read_text()
     assert log.count('msg="client connected"') == 2, log[-3000:]
     counters = [line for line in log.splitlines() if "msg=counters" in line][-1]
@@ -161,9 +121,9 @@ def test_bad_client_certificate_is_refused(net, vpn_image, tmp_path, who, why):
     good, goodlog = H.start_client(net, H.client_config(tmp_path, "client1"), tmp_path, "good")
     H.wait_for(goodlog, H.READY, good)
     assert net.cli.ping("10.200.8.1", count=2)
-    _stop(client)
-    _stop(good)
-    _stop(gw)
+    stop(client)
+    stop(good)
+    stop(gw)
     connected = [line for line in glog.read_text().splitlines() if "client connected" in line]
     assert len(connected) == 1 and "cn=client1" in connected[0], connected
 
@@ -183,7 +143,7 @@ def test_restarted_client_reconnects_and_dead_client_times_out(net, vpn_image, t
     again.wait(10)
     # keepalive 1 3: the server gives up on a silent client after 6 s
     H.wait_for(glog, "reason=\"ping-restart: nothing received for 6 s\"", gw, 20)
-    _stop(gw)
+    stop(gw)
     log = glog.read_text()
     assert log.count('msg="client connected"') == 2, log[-3000:]
 
@@ -197,30 +157,12 @@ def test_garbage_is_dropped_and_counted(net, vpn_image, tmp_path):
     client, clog = H.start_client(net, H.client_config(tmp_path), tmp_path)
     H.wait_for(clog, H.READY, client)
     assert net.cli.ping("10.200.8.1", count=2)
-    _stop(client)
-    _stop(gw)
+    stop(client)
+    stop(gw)
     log = glog.read_text()
     assert gw.returncode == 0
     counters = [line for line in log.splitlines() if 'msg=counters' in line][-1]
     assert "drop_" in counters, counters
-
-
-def _iperf_every_second(net: H.Net, seconds: int) -> list[tuple[float, float]]:
-    """iperf3 both ways at once for ``seconds``; bits/s per one-second interval and direction."""
-    import json
-
-    server = net.lan.popen("iperf3", "-s", "-1", "-B", "10.200.9.2", stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    net.lan.wait_listening(5201)
-    out = net.cli.run("iperf3", "-c", "10.200.9.2", "-t", seconds, "-i", "1", "--bidir", "-J",
-                      timeout=seconds + 30).stdout
-    server.wait(10)
-    rates = []
-    for interval in json.loads(out)["intervals"]:
-        up = [s["bits_per_second"] for s in interval["streams"] if s["sender"]]
-        down = [s["bits_per_second"] for s in interval["streams"] if not s["sender"]]
-        rates.append((sum(up), sum(down)))
-    return rates
 
 
 @pytest.mark.parametrize("side", ["client", "server"])
@@ -231,11 +173,14 @@ def test_renegotiation_keeps_a_transfer_running_both_ways(net, vpn_image, tmp_pa
                                H.server_config(tmp_path, extra=server_extra))
     client, clog = H.start_client(net, H.client_config(tmp_path, extra=client_extra), tmp_path)
     H.wait_for(clog, H.READY, client)
-    rates = _iperf_every_second(net, 16)
+    rates = iperf_every_second(net, 16)
     assert len(rates) >= 15 and all(up > 0 and down > 0 for up, down in rates), rates
     assert net.cli.ping("10.200.9.2", count=2)
-    _stop(client)
-    _stop(gw)
+    end = time.monotonic() + 30  # a control packet lost under load waits for retransmission
+    while glog.read_text().count('msg="key renegotiated"') < 2 and time.monotonic() < end:
+        time.sleep(0.5)
+    stop(client)
+    stop(gw)
     log = glog.read_text()
     assert log.count('msg="key renegotiated"') >= 2, log[-3000:]
     assert "renegotiation failed" not in log and log.count('msg="client connected"') == 1

@@ -12,7 +12,9 @@ tunnel's clients without a route back to them: NAT. ``cli`` runs a stock ``openv
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from ingot.testing import netns as kit
+from tests.conftest import ROOT as REPO, Cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "vpn"
@@ -124,3 +127,63 @@ def start_client(net: Net, conf: Path, tmp: Path, name: str = "client",
     proc = (host or net.cli).popen(openvpn_binary(), "--config", conf, "--cd", conf.parent,
                          stdout=log.open("wb"), stderr=subprocess.STDOUT)
     return proc, log
+
+
+@pytest.fixture(scope="module")
+def vpn_image(tmp_path_factory) -> Path:
+    """The gateway image, built once per test module."""
+    cli = Cli(tmp_path_factory.mktemp("vpn-image"))
+    cli("configure", REPO / "appliances" / "vpn", "--target", "unix")
+    cli("build", REPO / "appliances" / "vpn", timeout=300)
+    return cli.image("vpn-unix")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+
+SINK = """
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.200.9.2", 5001)); s.listen(1); s.settimeout(30)
+c, _ = s.accept(); c.settimeout(30); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    h.update(b); n += len(b)
+c.sendall(f"{n} {h.hexdigest()}".encode()); c.close()
+"""
+
+SOURCE = """
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[1]))
+c = socket.create_connection(("10.200.9.2", 5001), timeout=30)
+c.sendall(data); c.shutdown(socket.SHUT_WR)
+print(f"{len(data)} {hashlib.sha256(data).hexdigest()}", c.recv(200).decode())
+"""
+
+
+
+def iperf_every_second(net: Net, seconds: int) -> list[tuple[float, float]]:
+    """iperf3 both ways at once for ``seconds``; bits/s per one-second interval and direction."""
+    server = net.lan.popen("iperf3", "-s", "-1", "-B", "10.200.9.2", stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    net.lan.wait_listening(5201)
+    out = net.cli.run("iperf3", "-c", "10.200.9.2", "-t", seconds, "-i", "1", "--bidir", "-J",
+                      timeout=seconds + 30).stdout
+    server.wait(10)
+    rates = []
+    for interval in json.loads(out)["intervals"]:
+        up = [s["bits_per_second"] for s in interval["streams"] if s["sender"]]
+        down = [s["bits_per_second"] for s in interval["streams"] if not s["sender"]]
+        rates.append((sum(up), sum(down)))
+    return rates
+
+
