@@ -1,0 +1,227 @@
+"""The sans-I/O Server and Client cores paired in memory, with the example PKI of configs/vpn.
+
+No sockets, a fake clock, deterministic entropy: what the real peers check in
+tests/interop/test_vpn_*.py, here with every packet in the test's hands (replay, tampering,
+spoofing, key transitions).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import ipaddress
+import ssl
+import struct
+from pathlib import Path
+
+import pytest
+
+from plugins.openvpn import client as C
+from plugins.openvpn import crypto
+from plugins.openvpn import server as S
+from plugins.tls.context import load_chain
+
+ROOT = Path(__file__).resolve().parents[2]
+VPN = ROOT / "configs" / "vpn"
+MS = 1_000_000
+SEC = 1_000_000_000
+
+
+class Entropy:
+    """Deterministic bytes (a hash chain): the cores take entropy as a callable."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.state = seed
+
+    def __call__(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            self.state = hashlib.sha256(self.state).digest()
+            out += self.state
+        return out[:n]
+
+
+def _server(**kw) -> S.Server:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    load_chain(ctx, (VPN / "server/server.crt").read_bytes(), (VPN / "server/server.key").read_bytes())
+    ctx.load_verify_locations(cadata=(VPN / "server/ca.crt").read_text())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    key2 = crypto.parse_static_key((VPN / "server/tc.key").read_text())
+    settings = S.ServerSettings(ctx, ipaddress.IPv4Network("10.200.8.0/24"),
+                                wrapper=lambda: crypto.TlsCrypt(key2, server=True), **kw)
+    return S.Server(settings, Entropy(b"server"))
+
+
+def _client(name: str = "client1", **kw) -> C.Client:
+    def load(ctx):
+        load_chain(ctx, (VPN / f"clients/{name}.crt").read_bytes(),
+                   (VPN / f"clients/{name}.key").read_bytes())
+
+    ctx = C.client_ssl_context((VPN / "clients/ca.crt").read_text(), load)
+    key2 = crypto.parse_static_key((VPN / "clients/tc.key").read_text())
+    kw = {"server_eku": True, "verify_server_name": "server", **kw}
+    settings = C.ClientSettings(ctx, wrapper=lambda: crypto.TlsCrypt(key2, server=False), **kw)
+    return C.Client(settings, Entropy(name.encode()), 0)
+
+
+class Link:
+    """Carries packets both ways, ticking both cores every 10 ms of fake time."""
+
+    def __init__(self, server: S.Server, client: C.Client, addr=("10.200.7.2", 40000)) -> None:
+        self.server, self.client, self.addr = server, client, addr
+        self.now = 0
+        self.to_server: list[bytes] = []
+        self.to_client: list[bytes] = []
+        self.tun_server: list[bytes] = []
+        self.tun_client: list[bytes] = []
+        self.connected: C.Connected | None = None
+        self.wire_to_server: list[bytes] = []  # every packet the server got, for replays
+        self._take_client(client.start(0, 0))
+
+    def _take_client(self, items) -> None:
+        for item in items:
+            if isinstance(item, C.ToServer):
+                self.to_server.append(item.data)
+            elif isinstance(item, C.ToTun):
+                self.tun_client.append(item.packet)
+            elif isinstance(item, C.Connected):
+                self.connected = item
+
+    def _take_server(self, items) -> None:
+        for item in items:
+            if isinstance(item, S.ToClient):
+                self.to_client.append(item.data)
+            elif isinstance(item, S.ToTun):
+                self.tun_server.append(item.packet)
+
+    def run(self, seconds: float) -> None:
+        end = self.now + int(seconds * SEC)
+        while self.now < end:
+            while self.to_server or self.to_client:
+                batch, self.to_server = self.to_server, []
+                for data in batch:
+                    self.wire_to_server.append(data)
+                    self._take_server(self.server.from_client(self.addr, data, self.now, 0))
+                batch, self.to_client = self.to_client, []
+                for data in batch:
+                    self._take_client(self.client.from_server(data, self.now, 0))
+            self.now += 10 * MS
+            self._take_server(self.server.tick(self.now, 0))
+            self._take_client(self.client.tick(self.now, 0))
+
+
+def _icmp(src: str, dst: str, ident: int = 1) -> bytes:
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"ping"
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, 1, 0,
+                       ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed) + body
+
+
+@pytest.fixture
+def link() -> Link:
+    link = Link(_server(reneg_s=0), _client())
+    link.run(0.5)
+    assert link.connected is not None, link.client.counters
+    return link
+
+
+def test_client_connects_and_packets_cross_both_ways(link):
+    c = link.connected
+    assert c.address == ipaddress.IPv4Interface("10.200.8.2/24")
+    assert c.gateway == ipaddress.IPv4Address("10.200.8.1") and c.cipher == "AES-256-GCM"
+    up = _icmp("10.200.8.2", "10.200.9.2")
+    link._take_client(link.client.from_tun(up, link.now))
+    link.run(0.05)
+    assert link.tun_server == [up]
+    down = _icmp("10.200.9.2", "10.200.8.2")
+    link._take_server(link.server.from_tun(down, link.now))
+    link.run(0.05)
+    assert link.tun_client == [down]
+
+
+def test_replayed_tampered_and_spoofed_data_is_dropped_and_counted(link):
+    up = _icmp("10.200.8.2", "10.200.9.2")
+    [pkt] = link.client.from_tun(up, link.now)
+    assert link.server.from_client(link.addr, pkt.data, link.now, 0) == [S.ToTun(up)]
+    assert link.server.from_client(link.addr, pkt.data, link.now, 0) == []
+    assert link.server.counters["drop.replay"] == 1
+    [pkt] = link.client.from_tun(up, link.now)
+    bad = bytearray(pkt.data)
+    bad[-1] ^= 1
+    assert link.server.from_client(link.addr, bytes(bad), link.now, 0) == []
+    assert link.server.counters["drop.auth"] == 1
+    [pkt] = link.client.from_tun(_icmp("10.200.8.77", "10.200.9.2"), link.now)
+    assert link.server.from_client(link.addr, pkt.data, link.now, 0) == []
+    assert link.server.counters["drop.spoofed"] == 1
+    # and the genuine packet after all that still passes
+    [pkt] = link.client.from_tun(up, link.now)
+    assert link.server.from_client(link.addr, pkt.data, link.now, 0) == [S.ToTun(up)]
+
+
+def test_control_replay_and_garbage_from_strangers(link):
+    for data in link.wire_to_server[:3]:  # replayed control packets of the handshake
+        link.server.from_client(link.addr, data, link.now, 0)
+    assert link.server.counters["drop.control replay"] == 3
+    other = ("10.200.7.9", 1)
+    for data in (b"", b"\xff" * 40, bytes([7 << 3]) + b"\0" * 60, bytes([9 << 3]) + b"x" * 30):
+        assert link.server.from_client(other, data, link.now, 0) == []
+    assert other not in link.server.peers and len(link.server.peers) == 1
+
+
+def test_server_renegotiates_and_old_key_expires_after_transition_window():
+    link = Link(_server(reneg_s=5, tran_window_s=3), _client(reneg_s=0, tran_window_s=3))
+    link.run(0.5)
+    [old] = link.client.from_tun(_icmp("10.200.8.2", "10.200.9.2"), link.now)
+    link.run(5.5)
+    peer = next(iter(link.server.peers.values()))
+    assert peer.session.key_id == 1 and link.client.current.key_id == 1
+    assert link.server.counters["renegotiations"] == 1
+    up = _icmp("10.200.8.2", "10.200.9.2", ident=2)
+    [new] = link.client.from_tun(up, link.now)
+    assert new.data[0] & 7 == 1
+    assert link.server.from_client(link.addr, new.data, link.now, 0) == [S.ToTun(up)]
+    assert link.server.from_client(link.addr, old.data, link.now, 0) != []  # old key, in window
+    [older] = link.client.from_tun(up, link.now)  # sent with key 1; make one with key 0:
+    older = C.ToServer(link.client.channels[0].encrypt(crypto.DataChannel.header_v2(0, 0), up))
+    link.run(4)  # past the transition window: key 0 is gone on both sides
+    assert 0 not in link.client.channels
+    assert link.server.from_client(link.addr, older.data, link.now, 0) == []
+    assert link.server.counters["drop.data key id"] == 1
+
+
+def test_client_renegotiates_itself():
+    link = Link(_server(reneg_s=0), _client(reneg_s=4))
+    link.run(9)
+    assert link.client.current.key_id == 2, link.client.counters
+    assert link.client.counters["renegotiations"] == 2
+    assert not link.client.gone and link.server.peers
+
+
+def test_silent_client_is_dropped_after_ping_restart(link):
+    link.client.gone = True  # the client stops answering
+    link.run(121)
+    assert not link.server.peers
+    assert link.server.counters["closed"] == 1
+
+
+def test_client_disconnects_when_the_server_is_silent(link):
+    link.server.peers.clear()  # the server forgets the client: nothing comes back
+    link.run(61)
+    assert link.client.gone
+
+
+def test_wrong_server_name_is_refused():
+    link = Link(_server(), _client(verify_server_name="someone-else"))
+    link.run(0.5)
+    assert link.connected is None and link.client.gone
+
+
+def test_cores_have_no_io_imports():
+    for mod in ("server", "client", "serverconf", "clientconf"):
+        src = (ROOT / "plugins" / "openvpn" / f"{mod}.py").read_text()
+        names = set()
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+        assert not names & {"socket", "asyncio", "time", "random", "os", "secrets"}, mod
