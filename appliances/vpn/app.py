@@ -101,6 +101,7 @@ class Vpn:
             return
         settings = ServerSettings(
             ssl_context=ssl_context(plan), network=plan.network, wrapper=wrapper_factory(plan),
+            v2_key=plan.v2_key,
             pool=plan.pool, data_ciphers=plan.data_ciphers, ping_s=plan.ping_s,
             ping_restart_s=plan.ping_restart_s, push=plan.push,
             client_to_client=plan.client_to_client, max_clients=plan.max_clients,

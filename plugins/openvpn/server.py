@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import wire
-from .crypto import CryptoError, DataChannel, Replayed
+from .crypto import CryptoError, DataChannel, Replayed, TlsCrypt, TlsCryptV2ServerKey
 from .handshake import Established, Exited, Failed, PushOptions, SendPacket, ServerSession
 from .wire import Opcode
 
@@ -55,6 +55,7 @@ __all__ = ["ServerSettings", "Server", "Peer", "ToClient", "ToTun", "Gone"]
 
 SECOND = 1_000_000_000
 _DATA = (Opcode.P_DATA_V1, Opcode.P_DATA_V2)
+_V2 = (Opcode.P_CONTROL_HARD_RESET_CLIENT_V3, Opcode.P_CONTROL_WKC_V1)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class ServerSettings:
     network: ipaddress.IPv4Network
     """The tunnel subnet (``server NET MASK``); the server is its first address."""
     wrapper: Callable[[], object] | None = None
+    v2_key: TlsCryptV2ServerKey | None = None
+    """tls-crypt-v2: the server key that unwraps each client's key (then ``wrapper`` is None)."""
     """A new tls-crypt / tls-auth wrapper for each client (its own packet ids and replay
     window); None: control packets travel unwrapped."""
     pool: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None = None
@@ -166,13 +169,49 @@ class Server:
             if peer is None:
                 return self._drop("data from unknown peer")
             return self._data(peer, data, now_ns)
+        if opcode in _V2:
+            return self._from_v2(addr, peer, opcode, data, now_ns, wall_s)
         if peer is None or (opcode == Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
                             and data[1:9] != peer.session.remote_session_id):
             return self._open(addr, opcode, data, now_ns, wall_s, restart=peer is not None)
         plain = self._unwrap(peer.wrapper, data)
         if plain is None:
             return []
+        return self._control(peer, opcode, plain, now_ns, wall_s)
+
+    def _from_v2(self, addr, peer: Peer | None, opcode: Opcode, data: bytes, now_ns: int,
+                 wall_s: int) -> list:
+        """tls-crypt-v2: HARD_RESET_CLIENT_V3 and CONTROL_WKC_V1 carry the client's wrapped key
+        (WKc) after the tls-crypt packet; the client key it holds wraps everything else."""
+        v2 = self.settings.v2_key
+        if v2 is None:
+            return self._drop("tls-crypt-v2 not configured")
+        try:
+            inner, kc, _metadata = v2.split_client_packet(data)
+        except CryptoError:
+            return self._drop("tls-crypt-v2 client key")
+        plain_op = (Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
+                    if opcode == Opcode.P_CONTROL_HARD_RESET_CLIENT_V3 else Opcode.P_CONTROL_V1)
+        if plain_op == Opcode.P_CONTROL_HARD_RESET_CLIENT_V2 and (
+                peer is None or inner[1:9] != peer.session.remote_session_id):
+            wrapper = TlsCrypt(kc, server=True)
+            plain = self._unwrap(wrapper, inner)
+            if plain is None:
+                return []
+            plain = bytes([plain_op << 3 | plain[0] & 7]) + plain[1:]
+            return self._start(addr, wrapper, plain, now_ns, wall_s, restart=peer is not None)
+        if peer is None:
+            return self._drop("not a session start")
+        plain = self._unwrap(peer.wrapper, inner)
+        if plain is None:
+            return []
+        plain = bytes([plain_op << 3 | plain[0] & 7]) + plain[1:]
+        return self._control(peer, plain_op, plain, now_ns, wall_s)
+
+    def _control(self, peer: Peer, opcode: Opcode, plain: bytes, now_ns: int,
+                 wall_s: int) -> list:
         peer.last_rx_ns = now_ns
+        data = plain
         key_id = data[0] & 7
         session = peer.keystates.get(key_id)
         if session is None:
@@ -276,14 +315,21 @@ class Server:
     def _open(self, addr, opcode, data, now_ns, wall_s, restart: bool) -> list:
         if opcode != Opcode.P_CONTROL_HARD_RESET_CLIENT_V2:
             return self._drop("not a session start")
-        out: list = []
-        if not restart and len(self.peers) >= self.settings.max_clients:
-            return self._drop("full")
+        if self.settings.v2_key is not None:
+            return self._drop("tls-crypt-v2 needs HARD_RESET_CLIENT_V3")
         s = self.settings
         wrapper = s.wrapper() if s.wrapper is not None else None
         plain = self._unwrap(wrapper, data)
         if plain is None:
             return []
+        return self._start(addr, wrapper, plain, now_ns, wall_s, restart)
+
+    def _start(self, addr, wrapper, plain: bytes, now_ns: int, wall_s: int,
+               restart: bool) -> list:
+        out: list = []
+        s = self.settings
+        if not restart and len(self.peers) >= s.max_clients:
+            return self._drop("full")
         try:
             pkt = wire.parse_control(plain)
         except wire.MalformedPacket:

@@ -19,7 +19,8 @@ from .crypto import AEAD_CIPHERS, CBC_CIPHERS
 __all__ = ["ServerPlan", "files_needed", "server_plan", "control_wrap", "data_ciphers",
            "FILE_DIRECTIVES"]
 
-FILE_DIRECTIVES = ("ca", "cert", "key", "crl-verify", "tls-crypt", "tls-auth", "dh")
+FILE_DIRECTIVES = ("ca", "cert", "key", "crl-verify", "tls-crypt", "tls-auth", "tls-crypt-v2",
+                   "dh")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ServerPlan:
     tun_mtu: int
     reneg_s: int = 3600
     tran_window_s: int = 60
+    v2_key: crypto.TlsCryptV2ServerKey | None = None
 
 
 def _where(cfg: Config, d: Directive) -> str:
@@ -81,12 +83,19 @@ def _addr(cfg: Config, d: Directive, text: str) -> ipaddress.IPv4Address:
         raise ConfigError(f"{_where(cfg, d)}: {text!r} is not an IPv4 address") from None
 
 
-def control_wrap(cfg: Config, text) -> tuple[str | None, crypto.Key2 | None, int | None]:
+def control_wrap(cfg: Config, text, v2: bool = False
+                 ) -> tuple[str | None, crypto.Key2 | None, int | None]:
     """The control channel's wrapping: (``tls-crypt``/``tls-auth``/None, its key, the
-    tls-auth key direction); ``text(name)`` reads a directive's file."""
+    tls-auth key direction); ``text(name)`` reads a directive's file. With ``v2`` (the
+    server), ``tls-crypt-v2`` gives ``("tls-crypt-v2", None, None)``."""
+    if v2 and cfg.has("tls-crypt-v2"):
+        if cfg.has("tls-crypt") or cfg.has("tls-auth"):
+            raise ConfigError(f"{cfg.source}: tls-crypt-v2 cannot be combined with tls-crypt "
+                              "or tls-auth")
+        return "tls-crypt-v2", None, None
     if cfg.has("tls-crypt-v2"):
         d = cfg.last("tls-crypt-v2")
-        raise ConfigError(f"{_where(cfg, d)}: tls-crypt-v2 is not supported yet "
+        raise ConfigError(f"{_where(cfg, d)}: tls-crypt-v2 is supported in server mode only "
                           "(use tls-crypt or tls-auth)")
     if cfg.has("tls-crypt") and cfg.has("tls-auth"):
         raise ConfigError(f"{cfg.source}: tls-crypt and tls-auth cannot both be used")
@@ -176,7 +185,14 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
     port = _int(cfg, port_d, port_d.args[0], "port", 1, 65535) if port_d else 1194
     host = cfg.value("local", "0.0.0.0") or "0.0.0.0"
 
-    wrap, wrap_key, direction = control_wrap(cfg, text)
+    wrap, wrap_key, direction = control_wrap(cfg, text, v2=True)
+    v2_key = None
+    if wrap == "tls-crypt-v2":
+        d = cfg.last("tls-crypt-v2")
+        try:
+            v2_key = crypto.TlsCryptV2ServerKey.from_text(text("tls-crypt-v2"))
+        except ValueError as e:
+            raise ConfigError(f"{_where(cfg, d)}: tls-crypt-v2 server key: {e}") from None
     auth = (cfg.value("auth", "SHA1") or "SHA1").upper()
 
     ciphers = data_ciphers(cfg)
@@ -218,4 +234,4 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
         max_clients=_int(cfg, mc, mc.args[0], "max-clients", 1) if mc else 1024,
         hand_window_s=_int(cfg, hw, hw.args[0], "hand-window", 1) if hw else 60,
         tun_mtu=_int(cfg, mtu, mtu.args[0], "tun-mtu", 576, 65535) if mtu else 1500,
-        reneg_s=reneg_s, tran_window_s=tran_s)
+        reneg_s=reneg_s, tran_window_s=tran_s, v2_key=v2_key)

@@ -113,10 +113,15 @@ def test_ingot_client_routes_a_lan_through_a_stock_server(lab, vpn_image, tmp_pa
         assert bad not in stock, stock[-3000:]
 
 
-def test_ingot_client_renegotiates_and_reconnects(lab, vpn_image, tmp_path):
-    server, slog = _stock_server(lab, tmp_path, "udp", "tls-crypt", extra=("reneg-sec 5", "keepalive 1 3"))
-    client, clog = _ingot_client(lab, vpn_image, tmp_path, "udp", "tls-crypt", "AES-256-GCM")
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_ingot_client_renegotiates_and_reconnects(lab, vpn_image, tmp_path, side):
+    server_extra = ("keepalive 1 3",) + (("reneg-sec 5",) if side == "server" else ())
+    client_extra = ("reneg-sec 5",) if side == "client" else ()
+    server, slog = _stock_server(lab, tmp_path, "udp", "tls-crypt", extra=server_extra)
+    client, clog = _ingot_client(lab, vpn_image, tmp_path, "udp", "tls-crypt", "AES-256-GCM",
+                                 extra=client_extra)
     H.wait_for(clog, "msg=connected", client, 30)
+
     class _Net:  # the iperf helper's view: client side and LAN side
         cli, lan = lab["lan2"], lab["lan"]
 

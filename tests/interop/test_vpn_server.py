@@ -41,6 +41,7 @@ VARIANTS = [
     ("udp", "tls-crypt", "AES-256-GCM"),
     ("udp", "tls-auth", "CHACHA20-POLY1305"),
     ("udp", "none", "AES-256-GCM"),
+    ("udp", "tls-crypt-v2", "AES-256-GCM"),
     ("tcp", "tls-crypt", "CHACHA20-POLY1305"),
     ("tcp", "tls-auth", "AES-256-GCM"),
 ]

@@ -100,6 +100,8 @@ def client_config(tmp: Path, name: str = "client1", *, proto: str = "udp", wrap:
         lines.append("tls-crypt tc.key")
     elif wrap == "tls-auth":
         lines.append("tls-auth ta.key 1")
+    elif wrap == "tls-crypt-v2":
+        lines.append("tls-crypt-v2 v2client.key")
     path = tmp / f"{name}-{proto}.conf"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -115,9 +117,16 @@ def server_config(tmp: Path, *, proto: str = "udp", wrap: str = "tls-crypt",
         if line.startswith("proto "):
             line = f"proto {proto}"
         elif line.startswith("tls-crypt "):
-            line = {"tls-crypt": line, "tls-auth": "tls-auth ta.key 0", "none": ""}[wrap]
+            line = {"tls-crypt": line, "tls-auth": "tls-auth ta.key 0", "none": "",
+                    "tls-crypt-v2": "tls-crypt-v2 v2server.key"}[wrap]
         lines.append(line)
     (folder / "server.conf").write_text("\n".join([*lines, *extra]) + "\n")
+    if wrap == "tls-crypt-v2":  # a server key, and a client key wrapped by it beside the clients
+        subprocess.run([openvpn_binary(), "--genkey", "tls-crypt-v2-server",
+                        folder / "v2server.key"], check=True, capture_output=True, timeout=20)
+        subprocess.run([openvpn_binary(), "--tls-crypt-v2", folder / "v2server.key", "--genkey",
+                        "tls-crypt-v2-client", tmp / "v2client.key"], check=True,
+                       capture_output=True, timeout=20)
     return folder
 
 
