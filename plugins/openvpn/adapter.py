@@ -15,6 +15,8 @@ from typing import Any
 from ingot.signatures import Closed, ConnectionReset, DeviceError, Flow, Stack, Tun
 
 from . import wire
+from .client import Connected, Disconnected, ToServer
+from .client import ToTun as ClientToTun
 from .server import Gone, Server, ToClient, ToTun
 
 __all__ = ["ServerAdapter"]
@@ -86,9 +88,13 @@ class ServerAdapter(_Endpoint):
     async def run(self) -> None:
         await self.start()
         try:
-            await asyncio.gather(*self._tasks)
+            await self.serve()
         finally:
             self.close()
+
+    async def serve(self) -> None:
+        """Until the tun device closes (after :meth:`start`)."""
+        await asyncio.gather(*self._tasks)
 
     def close(self) -> None:
         for t in self._tasks:
@@ -122,7 +128,10 @@ class ServerAdapter(_Endpoint):
             elif isinstance(item, Gone):
                 c = self._tcp.get(item.addr)
                 if c is not None:
-                    c.queue.put_nowait(None) if not c.queue.full() else c.flow.close()
+                    if c.queue.full():
+                        c.flow.close()
+                    else:
+                        c.queue.put_nowait(None)
         for message, fields in self.server.events:
             self.log.info(message, **fields)
         self.server.events.clear()
@@ -231,8 +240,6 @@ class ClientAdapter(_Endpoint):
         client, send = self.client, self._send
         if client is not None and send is not None and not self._stopping:
             self._stopping = True
-            from .client import ToServer
-
             for item in client.exit(self.mclock.elapsed_ns()):
                 if isinstance(item, ToServer):
                     send(item.data)
@@ -241,8 +248,6 @@ class ClientAdapter(_Endpoint):
         self.counters[key] = self.counters.get(key, 0) + 1
 
     async def _attempt(self) -> str:
-        from .client import Connected, Disconnected, ToServer, ToTun
-
         now, wall = self._now()
         client = self.make_client(now)
         self.client = client
@@ -255,7 +260,7 @@ class ClientAdapter(_Endpoint):
             for item in items:
                 if isinstance(item, ToServer):
                     self._send(item.data)
-                elif isinstance(item, ToTun):
+                elif isinstance(item, ClientToTun):
                     try:
                         self.tun.write(item.packet)
                     except DeviceError:
