@@ -15,41 +15,29 @@ at stop.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Any
 
 from ingot.plugins.openvpn import config as ovconfig
 from ingot.plugins.openvpn import crypto
 from ingot.plugins.openvpn.adapter import ClientAdapter, ServerAdapter
-from ingot.plugins.openvpn.client import Client, ClientSettings, client_ssl_context
+from ingot.plugins.openvpn.client import Client, ClientSettings, client_tls_config
 from ingot.plugins.openvpn.clientconf import ClientPlan, client_plan, is_client
 from ingot.plugins.openvpn.server import Server, ServerSettings
 from ingot.plugins.openvpn.serverconf import ServerPlan, files_needed, server_plan
-from ingot.plugins.tls.context import load_chain, private_file
-from ingot.signatures import DeviceError, KvRO, MClock, PClock, Random, Stack, TlsError, Tun
+from ingot.plugins.openvpn.tlsengine import TlsConfig
+from ingot.signatures import DeviceError, KvRO, MClock, PClock, Random, Stack, Tun
 
 ConfigError = ovconfig.ConfigError
 
 
-def ssl_context(plan: ServerPlan) -> ssl.SSLContext:
-    """The control channel's TLS server context: TLS 1.2 at least, client certificate required,
+def tls_config(plan: ServerPlan) -> TlsConfig:
+    """The control channel's TLS server config: TLS 1.2 at least, client certificate required,
     checked against the CA (and the CRL: a revoked client is refused)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.num_tickets = 0
     try:
-        load_chain(ctx, plan.cert.encode(), plan.key.encode())
-        ctx.load_verify_locations(cadata=plan.ca)
-        if plan.crl:
-            with private_file(plan.crl.encode()) as path:
-                ctx.load_verify_locations(cafile=path)
-            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    except (ssl.SSLError, ValueError) as e:
+        return TlsConfig(server=True, cert_pem=plan.cert, key_pem=plan.key, ca_pem=plan.ca,
+                         crl_pem=plan.crl or None)
+    except ValueError as e:
         raise ConfigError(f"cannot load the certificates: {e}") from None
-    except TlsError as e:
-        raise ConfigError(str(e)) from None
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
 
 
 def _fields(counters) -> dict[str, int]:
@@ -106,13 +94,13 @@ class Vpn:
             await self._start_client(plan)
             return
         settings = ServerSettings(
-            ssl_context=ssl_context(plan), network=plan.network, wrapper=wrapper_factory(plan),
+            tls=tls_config(plan), network=plan.network, wrapper=wrapper_factory(plan),
             v2_key=plan.v2_key,
             pool=plan.pool, data_ciphers=plan.data_ciphers, ping_s=plan.ping_s,
             ping_restart_s=plan.ping_restart_s, push=plan.push,
             client_to_client=plan.client_to_client, max_clients=plan.max_clients,
             hand_window_s=plan.hand_window_s, tun_mtu=plan.tun_mtu, reneg_s=plan.reneg_s, auth=plan.auth,
-            tran_window_s=plan.tran_window_s)
+            tran_window_s=plan.tran_window_s, tls_ekm=self.keys.tls_ekm)
         self.server = Server(settings, self.random.generate)
         self.adapter = ServerAdapter(self.server, self.stack, self.tun, proto=plan.proto,
                                      host=plan.host, port=plan.port, mclock=self.mclock,
@@ -131,16 +119,13 @@ class Vpn:
             self.adapter.close()
 
     async def _start_client(self, plan: ClientPlan) -> None:
-        def load(ctx: ssl.SSLContext) -> None:
-            load_chain(ctx, plan.cert.encode(), plan.key.encode())
-
         try:
-            ctx = client_ssl_context(plan.ca, load)
-        except ssl.SSLError as e:
+            ctx = client_tls_config(plan.ca, plan.cert, plan.key)
+        except ValueError as e:
             raise ConfigError(f"cannot load the certificates: {e}") from None
-        except TlsError as e:
-            raise ConfigError(str(e)) from None
-        if plan.wrap == "tls-crypt":
+        if plan.wrap == "tls-crypt-v2":
+            wrapper = plan.v2_key.wrapper
+        elif plan.wrap == "tls-crypt":
             def wrapper():
                 return crypto.TlsCrypt(plan.wrap_key, server=False)
         elif plan.wrap == "tls-auth":
@@ -152,7 +137,8 @@ class Vpn:
                                   auth=plan.auth, proto=plan.proto, reneg_s=plan.reneg_s,
                                   tran_window_s=plan.tran_window_s,
                                   hand_window_s=plan.hand_window_s, server_eku=plan.server_eku,
-                                  verify_server_name=plan.verify_name)
+                                  verify_server_name=plan.verify_name,
+                                  tls_ekm=self.keys.tls_ekm)
         self.client_adapter = ClientAdapter(
             lambda now: Client(settings, self.random.generate, now), self.stack, self.tun,
             proto=plan.proto, host=plan.host, port=plan.port, mclock=self.mclock,

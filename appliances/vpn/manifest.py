@@ -12,7 +12,7 @@ appliance = Appliance(
     name="vpn",
     main="app:Vpn",
     doc="OpenVPN gateway: a server stock OpenVPN 2.6 clients connect to (tls-crypt, tls-auth, "
-        "AES-GCM, ChaCha20-Poly1305, UDP and TCP), routing their traffic through a tun interface",
+        "tls-crypt-v2, tls-ekm, AES-GCM, ChaCha20-Poly1305, UDP and TCP; also a client), routing their traffic through a tun interface",
     plugins=["openvpn", "netif"],
     # loaded by native code (cryptography's bindings), invisible to the closure
     modules=["_cffi_backend"],
@@ -28,5 +28,7 @@ appliance = Appliance(
         key("config-file", str, "Store key of the OpenVPN server config", "server.conf"),
         key("stats-interval", float, "Seconds between counter log lines (0: only at stop)",
             60.0, validate=non_negative),
+        key("tls-ekm", bool, "Data keys from the TLS exporter (tls-ekm) with peers that offer it; "
+            "false: always the older TLS PRF", True),
     ],
 )

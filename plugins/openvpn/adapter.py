@@ -332,8 +332,9 @@ class ClientAdapter(_Endpoint):
                        str(item.gateway) if item.gateway else None)
             except DeviceError as e:
                 self.log.warning("cannot add a pushed route", route=str(net), error=str(e))
+        ekm = "tls-ekm" in (item.push.get("protocol-flags") or ())
         self.log.info("connected", address=str(item.address), gateway=str(item.gateway),
-                      cipher=item.cipher,
+                      cipher=item.cipher, keys="tls-ekm" if ekm else "prf",
                       routes=",".join(str(r) for r in item.routes) or "none")
         self.connected.set()
 

@@ -10,8 +10,9 @@ Steps of the first key state (ssl.c, as the stock client does them)::
                                   <-   key-method-2 (random1, random2, options)
     "PUSH_REQUEST"                ->
                                   <-   "PUSH_REPLY,..." (maybe in parts: push-continuation)
-    => Established: data keys by the TLS PRF (we never claim IV_PROTO_TLS_KEY_EXPORT, so a 2.6
-       server does not push tls-ekm), cipher and peer-id from the push.
+    => Established: cipher and peer-id from the push; data keys from the TLS exporter when the
+       push says ``protocol-flags ... tls-ekm`` (we claim IV_PROTO_TLS_KEY_EXPORT), else by
+       the TLS PRF. Renegotiated keys follow the first key's way.
 
 A renegotiation (either side starts it) is a :class:`ClientSession` with ``soft=True``: both send
 P_CONTROL_SOFT_RESET_V1, then TLS and key-method-2 again, no push. The :class:`Client` answers a
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,28 +37,23 @@ from .crypto import CryptoError, DataChannel, DataKeys, Replayed
 from .handshake import (DEFAULT_HAND_WINDOW_NS, DEFAULT_MAX_PAYLOAD, TLS_RELIABLE_WINDOW, Failed,
                         SendPacket, TlsKeyState, common_name)
 from .reliable import ReliableChannel
+from .tlsengine import TlsConfig
 from .wire import ControlPacket, MalformedPacket, Opcode
 
 __all__ = ["ClientSession", "ClientEstablished", "Client", "ClientSettings", "ToServer", "ToTun",
-           "Connected", "Disconnected", "client_ssl_context", "PEER_INFO_PROTO"]
+           "Connected", "Disconnected", "client_tls_config", "PEER_INFO_PROTO"]
 
 SECOND = 1_000_000_000
-PEER_INFO_PROTO = wire.IV_PROTO_DATA_V2 | wire.IV_PROTO_CC_EXIT_NOTIFY
-"""What we claim in IV_PROTO: DATA_V2 and cc-exit; no tls-ekm, no dyn-tls-crypt."""
+PEER_INFO_PROTO = wire.IV_PROTO_DATA_V2 | wire.IV_PROTO_CC_EXIT_NOTIFY | wire.IV_PROTO_TLS_KEY_EXPORT
+"""What we claim in IV_PROTO: DATA_V2, cc-exit and tls-ekm; no dyn-tls-crypt."""
 _MAX_PUSH_PARTS = 64
 
 
-def client_ssl_context(ca: str, certfile_loader, verify_name: str | None = None) -> ssl.SSLContext:
-    """A TLS client context: our certificate (``certfile_loader(ctx)`` loads it), the server's
-    checked against ``ca``; ``verify_name`` (``verify-x509-name NAME name``) is checked by the
-    caller on the peer certificate, not as a host name."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=ca)
-    certfile_loader(ctx)
-    return ctx
+def client_tls_config(ca: str, cert: str, key: str) -> TlsConfig:
+    """The control channel's TLS client config: our certificate and key, the server's
+    certificate checked against ``ca`` (PEM text). ``verify-x509-name`` and ``remote-cert-tls``
+    are checked by the client on the peer certificate, not as a host name."""
+    return TlsConfig(server=False, cert_pem=cert, key_pem=key, ca_pem=ca)
 
 
 @dataclass(frozen=True)
@@ -96,12 +91,13 @@ class ClientSession(TlsKeyState):
 
     PEER = "server"
 
-    def __init__(self, ssl_context: ssl.SSLContext, *, session_id: bytes, randoms: bytes,
+    def __init__(self, tls: TlsConfig, *, session_id: bytes, randoms: bytes,
                  now_ns: int, options: str, peer_info: str, key_id: int = 0, soft: bool = False,
                  remote_session_id: bytes | None = None,
                  hand_window_ns: int = DEFAULT_HAND_WINDOW_NS,
                  push_retry_ns: int = SECOND, initial_timeout_ns: int = SECOND,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, server_eku: bool = False) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, server_eku: bool = False,
+                 ekm: bool = False) -> None:
         if len(session_id) != wire.SESSION_ID_LEN or len(randoms) != 112:
             raise ValueError("session_id is 8 bytes, randoms 112")
         if soft and (remote_session_id is None or not 1 <= key_id <= 7):
@@ -121,8 +117,10 @@ class ClientSession(TlsKeyState):
         self._peer_info = peer_info
         self._chan = ReliableChannel(initial_timeout_ns=initial_timeout_ns,
                                      window=TLS_RELIABLE_WINDOW, max_payload=max_payload)
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = ssl_context.wrap_bio(self._in, self._out, server_side=False)
+        self._tls = tls.session()
+        self.ekm = ekm
+        """Data keys from the TLS exporter: given for a renegotiation, taken from the push's
+        ``protocol-flags`` for the first key."""
         self._plain = bytearray()
         self._messages = wire.MessageSplitter()
         self._server_km: wire.KeyMethod2 | None = None
@@ -218,15 +216,13 @@ class ClientSession(TlsKeyState):
         return packets + events
 
     def _start_tls(self) -> None:
-        try:
-            self._tls.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
+        self._tls.handshake()  # only the ClientHello: nothing from the server yet
         self._pull_tls_output()
 
     def _handshake_done(self, events: list) -> bool:
-        self.server_common_name = common_name(self._tls.getpeercert())
-        if self._server_eku and not _has_server_auth(self._tls.getpeercert(True)):
+        der = self._tls.peer_certificate()
+        self.server_common_name = common_name(der)
+        if self._server_eku and not _has_server_auth(der):
             self._fail(events, "server certificate lacks extendedKeyUsage serverAuth "
                                "(remote-cert-tls server)")
             return False
@@ -285,8 +281,11 @@ class ClientSession(TlsKeyState):
 
     def _establish(self, events: list, push: wire.PushReply | None) -> None:
         km = self._server_km
-        keys = DataKeys.from_prf(self._pre_master, self._r1, km.random1, self._r2, km.random2,
-                                 self.session_id, self.remote_session_id)
+        if push is not None:
+            self.ekm = "tls-ekm" in (push.get("protocol-flags") or ())
+        keys = self._data_keys(lambda: DataKeys.from_prf(
+            self._pre_master, self._r1, km.random1, self._r2, km.random2,
+            self.session_id, self.remote_session_id))
         self.state = _State.ESTABLISHED
         self._push_next_ns = None
         events.append(ClientEstablished(keys, push, self.server_common_name))
@@ -320,7 +319,7 @@ class Disconnected:
 
 @dataclass(frozen=True)
 class ClientSettings:
-    ssl_context: ssl.SSLContext
+    tls: TlsConfig
     wrapper: Callable[[], object] | None = None
     data_ciphers: tuple[str, ...] = ("AES-256-GCM", "CHACHA20-POLY1305")
     auth: str = "SHA1"
@@ -333,6 +332,8 @@ class ClientSettings:
     verify_server_name: str | None = None
     """The server certificate's common name must be this (``verify-x509-name NAME name``)."""
     version: str = "2.6.14"
+    tls_ekm: bool = True
+    """Offer tls-ekm (IV_PROTO_TLS_KEY_EXPORT); False: the server derives keys by the PRF."""
 
 
 class Client:
@@ -370,17 +371,23 @@ class Client:
 
     def _peer_info(self) -> str:
         return wire.build_peer_info({
-            "IV_VER": self.settings.version, "IV_PLAT": "linux", "IV_PROTO": str(PEER_INFO_PROTO),
+            "IV_VER": self.settings.version, "IV_PLAT": "linux", "IV_PROTO": str(self._proto()),
             "IV_CIPHERS": ":".join(self.settings.data_ciphers), "IV_MTU": "1600",
             "IV_TCPNL": "1", "IV_GUI_VER": "ingot-vpn"})
 
+    def _proto(self) -> int:
+        if self.settings.tls_ekm:
+            return PEER_INFO_PROTO
+        return PEER_INFO_PROTO & ~wire.IV_PROTO_TLS_KEY_EXPORT
+
     def _session(self, key_id: int, soft: bool, remote: bytes | None, now_ns: int) -> ClientSession:
-        return ClientSession(self.settings.ssl_context, session_id=self.session_id,
+        return ClientSession(self.settings.tls, session_id=self.session_id,
                              randoms=self._entropy(112), now_ns=now_ns, options=self._options(),
                              peer_info=self._peer_info(), key_id=key_id, soft=soft,
                              remote_session_id=remote,
                              hand_window_ns=self.settings.hand_window_s * SECOND,
-                             server_eku=self.settings.server_eku)
+                             server_eku=self.settings.server_eku,
+                             ekm=soft and self.current.ekm)
 
     # --- in ---------------------------------------------------------------------------------
 
@@ -569,9 +576,6 @@ class Client:
             self.ping_s = max(1, int(p[0]))
         if (p := push.get("ping-restart")) is not None:
             self.ping_restart_s = max(1, int(p[0]))
-        flags = push.get("protocol-flags") or ()
-        if "tls-ekm" in flags:
-            raise ValueError("the server wants tls-ekm keys, which this client does not derive")
         gw = push.get("route-gateway")
         gateway = ipaddress.IPv4Address(gw[0]) if gw else None
         routes = []

@@ -2,7 +2,7 @@
 
 Reads ``client`` (or ``tls-client`` + ``pull``), ``remote HOST [PORT [PROTO]]`` (the first one;
 HOST must be an address literal: the appliance does not resolve names), ``proto``, ``port``,
-``ca``/``cert``/``key``, ``tls-crypt`` or ``tls-auth FILE 1``, ``auth``, ``data-ciphers``,
+``ca``/``cert``/``key``, ``tls-crypt``, ``tls-crypt-v2`` (a client key) or ``tls-auth FILE 1``, ``auth``, ``data-ciphers``,
 ``remote-cert-tls server``, ``verify-x509-name NAME name``, ``reneg-sec``, ``tran-window``,
 ``hand-window``, ``dev tun``. What it cannot honour is a :class:`~.config.ConfigError` naming
 the line.
@@ -38,6 +38,8 @@ class ClientPlan:
     reneg_s: int
     tran_window_s: int
     hand_window_s: int
+    v2_key: crypto.TlsCryptV2ClientKey | None = None
+    """tls-crypt-v2: our client key (Kc and the server-wrapped WKc)."""
 
 
 def is_client(cfg: Config) -> bool:
@@ -82,6 +84,13 @@ def client_plan(cfg: Config, files: dict[str, str]) -> ClientPlan:
         raise ConfigError(f"{_where(cfg, cfg.last('proto') or r)}: proto {proto!r} is not "
                           "supported (udp, tcp-client)")
     wrap, wrap_key, direction = control_wrap(cfg, text)
+    v2_key = None
+    if wrap == "tls-crypt-v2":
+        try:
+            v2_key = crypto.TlsCryptV2ClientKey.from_text(text("tls-crypt-v2"))
+        except ValueError as e:
+            raise ConfigError(f"{_where(cfg, cfg.last('tls-crypt-v2'))}: tls-crypt-v2 client "
+                              f"key: {e}") from None
     ciphers = data_ciphers(cfg)
     rct = cfg.last("remote-cert-tls")
     if rct is not None and rct.args[0] != "server":
@@ -104,4 +113,4 @@ def client_plan(cfg: Config, files: dict[str, str]) -> ClientPlan:
         auth=(cfg.value("auth", "SHA1") or "SHA1").upper(), data_ciphers=ciphers,
         server_eku=rct is not None, verify_name=verify_name, reneg_s=reneg_s,
         tran_window_s=_int(cfg, tran, tran.args[0], "tran-window", 1) if tran else 60,
-        hand_window_s=_int(cfg, hw, hw.args[0], "hand-window", 1) if hw else 60)
+        hand_window_s=_int(cfg, hw, hw.args[0], "hand-window", 1) if hw else 60, v2_key=v2_key)

@@ -445,6 +445,30 @@ class TlsCryptV2ClientKey:
     def to_text(self) -> str:
         return format_pem_key(self.kc.to_bytes() + self.wkc, TLS_CRYPT_V2_CLIENT_PEM)
 
+    def wrapper(self) -> TlsCryptV2Client:
+        return TlsCryptV2Client(self)
+
+
+class TlsCryptV2Client(TlsCrypt):
+    """A tls-crypt-v2 client's wrapping: tls-crypt with Kc, and the session's reset goes out as
+    P_CONTROL_HARD_RESET_CLIENT_V3 with the WKc after it, so the server can unwrap Kc.
+
+    We do not announce early negotiation (the reset's tls-crypt packet id is an ordinary one,
+    not ``EARLY_NEG_START``), so the server keeps state from the reset on and never asks for
+    the WKc again in a P_CONTROL_WKC_V1."""
+
+    _V2 = 7 << 3  # P_CONTROL_HARD_RESET_CLIENT_V2
+    _V3 = 10 << 3  # P_CONTROL_HARD_RESET_CLIENT_V3
+
+    def __init__(self, key: TlsCryptV2ClientKey, replay_window: int = 64):
+        super().__init__(key.kc, server=False, replay_window=replay_window)
+        self._wkc = key.wkc
+
+    def wrap(self, plain: bytes, now: int) -> bytes:
+        if plain[:1] and plain[0] & 0xF8 == self._V2:
+            return super().wrap(bytes([self._V3 | plain[0] & 7]) + plain[1:], now) + self._wkc
+        return super().wrap(plain, now)
+
 
 # --------------------------------------------------------------------------- data channel
 

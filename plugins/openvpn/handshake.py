@@ -4,8 +4,8 @@ One :class:`ServerSession` per client session id. Bytes in (control packets in p
 the caller has already unwrapped tls-crypt / tls-auth), time in (``now_ns``, monotonic), events
 out: :class:`SendPacket` (a plaintext control packet for the caller to wrap and send),
 :class:`Established`, :class:`Failed`. No socket, clock or random source here: the caller passes
-our session id and the key-method-2 randoms. TLS itself runs in Python's ``ssl`` over memory BIOs
-(``SSLContext.wrap_bio``), so the TLS state lives in that object; OpenSSL draws its own randoms.
+our session id and the key-method-2 randoms. TLS itself runs in OpenSSL over memory buffers
+(:mod:`.tlsengine`), so the TLS state lives in that object; OpenSSL draws its own randoms.
 
 Steps (ssl.c, ssl_pkt.c of OpenVPN 2.6)::
 
@@ -18,11 +18,12 @@ Steps (ssl.c, ssl_pkt.c of OpenVPN 2.6)::
     TLS data: "PUSH_REQUEST\\0"     ->
                                    <-        TLS data: "PUSH_REPLY,...\\0"  => Established
 
-Data keys: CPython's ``ssl`` cannot export keying material (RFC 5705), so we never push
-``protocol-flags ... tls-ekm``; OpenVPN 2.6 then derives the keys with its TLS 1.0 PRF over the
-key-method-2 randoms and both session ids (ssl.c ``generate_key_expansion``: the exporter is used
-only when ``CO_USE_TLS_KEY_MATERIAL_EXPORT`` is set, which a pulling client takes from the pushed
-``protocol-flags``), and so do we (:meth:`DataKeys.from_prf`).
+Data keys: when the client's IV_PROTO has TLS_KEY_EXPORT we push ``protocol-flags ... tls-ekm``
+and both ends take the 256 key bytes from the TLS exporter (RFC 5705, label
+``EXPORTER-OpenVPN-datakeys``, :meth:`DataKeys.from_tls_ekm`), for this key and every
+renegotiated one. Otherwise OpenVPN 2.6 derives them with its TLS 1.0 PRF over the
+key-method-2 randoms and both session ids (ssl.c ``generate_key_expansion``), and so do we
+(:meth:`DataKeys.from_prf`).
 
 Reliability: every control packet but P_ACK_V1 goes through :class:`ReliableChannel` (window 6,
 OpenVPN's ``TLS_RELIABLE_N_SEND_BUFFERS``); our HARD_RESET_SERVER_V2 takes packet id 0 like the
@@ -45,16 +46,16 @@ certificate, no common data cipher or the hand-window running out end the sessio
 from __future__ import annotations
 
 import enum
-import ssl
 from dataclasses import dataclass
 
 from . import wire
 from .crypto import DataKeys
 from .reliable import ReliableChannel
+from .tlsengine import TlsClosed, TlsConfig, TlsFailure, TlsVerifyFailed
 from .wire import ControlPacket, MalformedPacket, Opcode
 
 __all__ = ["TlsKeyState", "common_name", "SendPacket", "Established", "Failed", "Exited", "PushOptions", "ServerSession",
-           "server_ssl_context", "TLS_RELIABLE_WINDOW", "DEFAULT_HAND_WINDOW_NS"]
+           "server_tls_config", "TLS_RELIABLE_WINDOW", "DEFAULT_HAND_WINDOW_NS"]
 
 TLS_RELIABLE_WINDOW = 6  # OpenVPN 2.6 ssl_pkt.h TLS_RELIABLE_N_SEND_BUFFERS
 DEFAULT_HAND_WINDOW_NS = 60_000_000_000
@@ -78,6 +79,8 @@ class Established:
     peer_id: int
     client_common_name: str
     peer_info: dict[str, str]
+    ekm: bool = False
+    """The keys came from the TLS exporter (tls-ekm), not the PRF."""
 
 
 @dataclass(frozen=True)
@@ -106,20 +109,20 @@ class PushOptions:
     extra: tuple[tuple[str, ...], ...] = ()
 
 
-def server_ssl_context(certfile: str, keyfile: str, cafile: str | None = None, *,
-                       cadata: str | None = None) -> ssl.SSLContext:
-    """A TLS server context for the control channel: our certificate, client certificates
-    required and verified against the CA, TLS 1.2 at least, no session tickets.
+def server_tls_config(certfile: str, keyfile: str, cafile: str, crlfile: str | None = None) -> TlsConfig:
+    """A TLS server config for the control channel from PEM files: our certificate, client
+    certificates required and verified against the CA (and the CRL), TLS 1.2 at least.
 
     (This reads the named files; call it from the adapter, not per packet.)
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(certfile, keyfile)
-    ctx.load_verify_locations(cafile=cafile, cadata=cadata)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.num_tickets = 0
-    return ctx
+    def read(path: str | None) -> str | None:
+        if path is None:
+            return None
+        with open(path) as f:
+            return f.read()
+
+    return TlsConfig(server=True, cert_pem=read(certfile), key_pem=read(keyfile),
+                     ca_pem=read(cafile), crl_pem=read(crlfile))
 
 
 class _State(enum.Enum):
@@ -131,13 +134,20 @@ class _State(enum.Enum):
     FAILED = "failed"
 
 
-def common_name(cert: dict | None) -> str:
-    """The commonName of a certificate as ``SSLSocket.getpeercert()`` gives it ("" if none)."""
-    for rdn in (cert or {}).get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return value
-    return ""
+def common_name(der: bytes | None) -> str:
+    """The commonName of a DER certificate's subject ("" if none); the last one if several,
+    as OpenVPN takes it."""
+    if not der:
+        return ""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return ""
+    value = names[-1].value if names else ""
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
 def proto_flags(peer_info: dict[str, str]) -> int:
@@ -151,7 +161,7 @@ def proto_flags(peer_info: dict[str, str]) -> int:
 class TlsKeyState:
     """What a key state of either side shares: drop counting, the TLS pump over memory BIOs
     and failing. A subclass sets ``PEER`` (who is at the other end, for messages), ``state``
-    (its own enum with ``TLS`` and ``FAILED`` members), ``_in``/``_out``/``_tls``/``_chan``,
+    (its own enum with ``TLS`` and ``FAILED`` members), ``_tls`` (a :class:`TlsSession`), ``_chan``,
     and implements ``_handshake_done(events) -> bool`` (False: it failed) and
     ``_plaintext(chunk, events, now_ns)``."""
 
@@ -188,37 +198,40 @@ class TlsKeyState:
         return min(times) if times else None
 
     def _pull_tls_output(self) -> None:
-        data = self._out.read()
+        data = self._tls.pending()
         if data:
             self._chan.send(data)
 
     def _tls_in(self, payload: bytes, events: list, now_ns: int) -> None:
         states = type(self.state)
-        self._in.write(payload)
+        self._tls.feed(payload)
         try:
             if self.state is states.TLS:
-                self._tls.do_handshake()
+                if not self._tls.handshake():
+                    self._pull_tls_output()
+                    return
                 if not self._handshake_done(events):
                     return
-            while True:
-                chunk = self._tls.read(1 << 16)
-                if not chunk:
-                    break
+            while chunk := self._tls.read():
                 self._plaintext(chunk, events, now_ns)
                 if self.state is states.FAILED:
                     return
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:
+        except TlsClosed:
             self._fail(events, f"{self.PEER} closed the TLS session")
             return
-        except ssl.SSLCertVerificationError as e:
-            self._fail(events, f"{self.PEER} certificate rejected: {e.verify_message or e}")
+        except TlsVerifyFailed as e:
+            self._fail(events, f"{self.PEER} certificate rejected: {e.message}")
             return
-        except ssl.SSLError as e:
-            self._fail(events, f"TLS error: {e.reason or e}")
+        except TlsFailure as e:
+            self._fail(events, f"TLS error: {e}")
             return
         self._pull_tls_output()
+
+    def _data_keys(self, make_prf) -> DataKeys:
+        """This key state's data keys: from the TLS exporter with tls-ekm, else ``make_prf()``."""
+        if self.ekm:
+            return DataKeys.from_tls_ekm(self._tls.export_keying_material())
+        return make_prf()
 
 
 class ServerSession(TlsKeyState):
@@ -231,12 +244,12 @@ class ServerSession(TlsKeyState):
 
     PEER = "client"
 
-    def __init__(self, ssl_context: ssl.SSLContext, push: PushOptions, *, session_id: bytes,
+    def __init__(self, tls: TlsConfig, push: PushOptions, *, session_id: bytes,
                  randoms: bytes, now_ns: int, hand_window_ns: int = DEFAULT_HAND_WINDOW_NS,
                  options_string: str | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD,
                  initial_timeout_ns: int = 1_000_000_000, key_id: int = 0, soft: bool = False,
                  remote_session_id: bytes | None = None, cipher: str | None = None,
-                 push_for=None) -> None:
+                 push_for=None, tls_ekm: bool = True, ekm: bool = False) -> None:
         if len(session_id) != wire.SESSION_ID_LEN:
             raise ValueError("session_id must be 8 bytes")
         if len(randoms) != 64:
@@ -267,9 +280,11 @@ class ServerSession(TlsKeyState):
         self._chan = ReliableChannel(initial_timeout_ns=initial_timeout_ns,
                                      window=TLS_RELIABLE_WINDOW, max_payload=max_payload)
         self._reset_id: int | None = None
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._tls = ssl_context.wrap_bio(self._in, self._out, server_side=True)
+        self._tls = tls.session()
+        self._tls_ekm = tls_ekm
+        self.ekm = ekm
+        """Data keys from the TLS exporter: chosen on the first key state (the client offers
+        TLS_KEY_EXPORT and ``tls_ekm`` allows it), handed on to renegotiated ones."""
         self._plain = bytearray()
         self._messages = wire.MessageSplitter()
         self._push_reply: bytes | None = None
@@ -366,7 +381,7 @@ class ServerSession(TlsKeyState):
         return packets + events
 
     def _handshake_done(self, events: list) -> bool:
-        self.common_name = common_name(self._tls.getpeercert())
+        self.common_name = common_name(self._tls.peer_certificate())
         self.state = _State.KEY_METHOD
         return True
 
@@ -413,6 +428,7 @@ class ServerSession(TlsKeyState):
             options = km.options.replace("tls-client", "tls-server")
         self._write(wire.build_key_method_2(wire.KeyMethod2(
             options, self._randoms[:32], self._randoms[32:])))
+        self.ekm = self._tls_ekm and bool(proto_flags(self.peer_info) & wire.IV_PROTO_TLS_KEY_EXPORT)
         self.state = _State.WAIT_PUSH
         if proto_flags(self.peer_info) & wire.IV_PROTO_REQUEST_PUSH:
             self._message(wire.PUSH_REQUEST, events)  # 2.6 clients take the push unasked
@@ -425,9 +441,11 @@ class ServerSession(TlsKeyState):
         opts += [("topology", p.topology), ("ping", str(p.ping)),
                  ("ping-restart", str(p.ping_restart)), ("ifconfig", *p.ifconfig),
                  ("peer-id", str(p.peer_id)), ("cipher", self.cipher)]
-        if proto_flags(self.peer_info) & wire.IV_PROTO_CC_EXIT_NOTIFY:
-            # no tls-ekm: CPython's ssl cannot export keying material, so both ends use the PRF
-            opts.append(("protocol-flags", "cc-exit"))
+        flags = ("cc-exit",) if proto_flags(self.peer_info) & wire.IV_PROTO_CC_EXIT_NOTIFY else ()
+        if self.ekm:
+            flags += ("tls-ekm",)
+        if flags:
+            opts.append(("protocol-flags", *flags))
         if p.tun_mtu is not None:
             opts.append(("tun-mtu", str(p.tun_mtu)))
         opts += list(p.extra)
@@ -454,9 +472,9 @@ class ServerSession(TlsKeyState):
 
     def _establish(self, events: list) -> None:
         km = self.client_key_method
-        self._keys = DataKeys.from_prf(km.pre_master, km.random1, self._randoms[:32],
-                                       km.random2, self._randoms[32:],
-                                       self.remote_session_id, self.session_id)
+        self._keys = self._data_keys(lambda: DataKeys.from_prf(
+            km.pre_master, km.random1, self._randoms[:32], km.random2, self._randoms[32:],
+            self.remote_session_id, self.session_id))
         self.state = _State.ESTABLISHED
         events.append(Established(self._keys, self.cipher, self.push.peer_id,
-                                  self.common_name, dict(self.peer_info)))
+                                  self.common_name, dict(self.peer_info), self.ekm))

@@ -41,7 +41,6 @@ randomness as the ``entropy`` callable given at construction.
 from __future__ import annotations
 
 import ipaddress
-import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from dataclasses import dataclass, field
 from . import wire
 from .crypto import CryptoError, DataChannel, Replayed, TlsCrypt, TlsCryptV2ServerKey
 from .handshake import Established, Exited, Failed, PushOptions, SendPacket, ServerSession
+from .tlsengine import TlsConfig
 from .wire import Opcode
 
 __all__ = ["ServerSettings", "Server", "Peer", "ToClient", "ToTun", "Gone"]
@@ -79,7 +79,8 @@ class Gone:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    ssl_context: ssl.SSLContext
+    tls: TlsConfig
+    """The control channel's TLS (certificate, key, CA, CRL)."""
     network: ipaddress.IPv4Network
     """The tunnel subnet (``server NET MASK``); the server is its first address."""
     wrapper: Callable[[], object] | None = None
@@ -102,6 +103,8 @@ class ServerSettings:
     reneg_s: int = 3600
     """Seconds after which the server renegotiates a key itself (0: never)."""
     tran_window_s: int = 60
+    tls_ekm: bool = True
+    """Data keys from the TLS exporter for clients that offer it (tls-ekm); False: the PRF."""
 
     @property
     def server_address(self) -> ipaddress.IPv4Address:
@@ -346,10 +349,10 @@ class Server:
                            ping_restart=max(1, s.ping_restart_s // 2), peer_id=peer_id,
                            data_ciphers=s.data_ciphers, tun_mtu=s.tun_mtu, extra=s.push)
         peer = Peer(addr, wrapper, None, peer_id, ipaddress.IPv4Address(0), now_ns, now_ns)
-        session = ServerSession(s.ssl_context, push, session_id=self._entropy(8),
+        session = ServerSession(s.tls, push, session_id=self._entropy(8),
                                 randoms=self._entropy(64), now_ns=now_ns,
                                 hand_window_ns=s.hand_window_s * SECOND,
-                                push_for=lambda cn: self._push_for(peer, cn))
+                                push_for=lambda cn: self._push_for(peer, cn), tls_ekm=s.tls_ekm)
         peer.session = session
         peer.keystates[0] = session
         self.peers[addr] = peer
@@ -370,11 +373,11 @@ class Server:
         for old in [k for k in peer.keystates if peer.keystates[k] is not peer.session
                     and k not in peer.channels]:
             del peer.keystates[old]  # an unfinished renegotiation gives way to the new one
-        session = ServerSession(s.ssl_context, peer.session.push, session_id=peer.session.session_id,
+        session = ServerSession(s.tls, peer.session.push, session_id=peer.session.session_id,
                                 randoms=self._entropy(64), now_ns=now_ns,
                                 hand_window_ns=s.hand_window_s * SECOND, key_id=key_id,
                                 soft=True, remote_session_id=peer.session.remote_session_id,
-                                cipher=peer.cipher)
+                                cipher=peer.cipher, ekm=peer.session.ekm)
         peer.keystates[key_id] = session
         peer.renegotiations += 1
         self.counters["renegotiations"] += 1
@@ -406,7 +409,8 @@ class Server:
                 self.counters["established"] += 1
                 self.events.append(("client connected", {
                     "peer": str(peer.addr), "cn": peer.common_name, "address": str(peer.address),
-                    "cipher": ev.cipher, "version": ev.peer_info.get("IV_VER", "?")}))
+                    "cipher": ev.cipher, "keys": "tls-ekm" if ev.ekm else "prf",
+                    "version": ev.peer_info.get("IV_VER", "?")}))
             elif isinstance(ev, Exited):
                 out += self._remove(peer, "client exited")
                 break

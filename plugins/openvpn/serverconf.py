@@ -83,20 +83,15 @@ def _addr(cfg: Config, d: Directive, text: str) -> ipaddress.IPv4Address:
         raise ConfigError(f"{_where(cfg, d)}: {text!r} is not an IPv4 address") from None
 
 
-def control_wrap(cfg: Config, text, v2: bool = False
-                 ) -> tuple[str | None, crypto.Key2 | None, int | None]:
+def control_wrap(cfg: Config, text) -> tuple[str | None, crypto.Key2 | None, int | None]:
     """The control channel's wrapping: (``tls-crypt``/``tls-auth``/None, its key, the
-    tls-auth key direction); ``text(name)`` reads a directive's file. With ``v2`` (the
-    server), ``tls-crypt-v2`` gives ``("tls-crypt-v2", None, None)``."""
-    if v2 and cfg.has("tls-crypt-v2"):
+    tls-auth key direction); ``text(name)`` reads a directive's file. ``tls-crypt-v2`` gives
+    ``("tls-crypt-v2", None, None)``: its key (a server's or a client's) is the caller's."""
+    if cfg.has("tls-crypt-v2"):
         if cfg.has("tls-crypt") or cfg.has("tls-auth"):
             raise ConfigError(f"{cfg.source}: tls-crypt-v2 cannot be combined with tls-crypt "
                               "or tls-auth")
         return "tls-crypt-v2", None, None
-    if cfg.has("tls-crypt-v2"):
-        d = cfg.last("tls-crypt-v2")
-        raise ConfigError(f"{_where(cfg, d)}: tls-crypt-v2 is supported in server mode only "
-                          "(use tls-crypt or tls-auth)")
     if cfg.has("tls-crypt") and cfg.has("tls-auth"):
         raise ConfigError(f"{cfg.source}: tls-crypt and tls-auth cannot both be used")
     for name in ("tls-crypt", "tls-auth"):
@@ -185,7 +180,7 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
     port = _int(cfg, port_d, port_d.args[0], "port", 1, 65535) if port_d else 1194
     host = cfg.value("local", "0.0.0.0") or "0.0.0.0"
 
-    wrap, wrap_key, direction = control_wrap(cfg, text, v2=True)
+    wrap, wrap_key, direction = control_wrap(cfg, text)
     v2_key = None
     if wrap == "tls-crypt-v2":
         d = cfg.last("tls-crypt-v2")

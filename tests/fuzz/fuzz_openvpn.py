@@ -537,8 +537,8 @@ def _pki() -> Path:
 
 
 _PKI = _pki()
-SERVER_CTX = handshake.server_ssl_context(str(_PKI / "server.crt"), str(_PKI / "server.key"),
-                                          str(_PKI / "ca.crt"))
+SERVER_CTX = handshake.server_tls_config(str(_PKI / "server.crt"), str(_PKI / "server.key"),
+                                         str(_PKI / "ca.crt"))
 PUSH = handshake.PushOptions(ifconfig=("10.8.0.2", "255.255.255.0"))
 
 

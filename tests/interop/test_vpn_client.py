@@ -58,21 +58,21 @@ def _stock_server(lab, tmp: Path, proto: str, wrap: str, extra=()) -> tuple[subp
 
 
 def _ingot_client(lab, image: Path, tmp: Path, proto: str, wrap: str, cipher: str,
-                  extra=()) -> tuple[subprocess.Popen, Path]:
+                  extra=(), args=()) -> tuple[subprocess.Popen, Path]:
     store = tmp / "client-store"
     store.mkdir()
-    for f in (H.CONFIGS / "clients").iterdir():
-        if f.suffix in (".crt", ".key"):
+    for f in [*(H.CONFIGS / "clients").iterdir(), tmp / "v2client.key"]:
+        if f.suffix in (".crt", ".key") and f.exists():  # v2client.key: made by server_config
             shutil.copy(f, store / f.name)
     lines = ["client", "dev tun", f"proto {proto}", "remote 10.200.7.1 1194", "nobind",
              "remote-cert-tls server", "verify-x509-name server name", "ca ca.crt",
              "cert client1.crt", "key client1.key", f"data-ciphers {cipher}", *extra]
     lines += {"tls-crypt": ["tls-crypt tc.key"], "tls-auth": ["tls-auth ta.key 1"],
-              "none": []}[wrap]
+              "tls-crypt-v2": ["tls-crypt-v2 v2client.key"], "none": []}[wrap]
     (store / "client.conf").write_text("\n".join(lines) + "\n")
     log = tmp / "ingot-client.log"
     proc = lab["gw"].popen(sys.executable, image, "--tun-ifname", "ovpn1", "--config-path", store,
-                           "--config-file", "client.conf", stdout=log.open("wb"),
+                           "--config-file", "client.conf", *args, stdout=log.open("wb"),
                            stderr=subprocess.STDOUT)
     return proc, log
 
@@ -85,20 +85,23 @@ def _transfer(lab, size: int = 4 << 20) -> None:
     assert out[0] == str(size) and out[0:2] == out[2:4], out
 
 
-@pytest.mark.parametrize("proto,wrap,cipher", [
-    ("udp", "tls-crypt", "AES-256-GCM"),
-    ("udp", "tls-auth", "CHACHA20-POLY1305"),
-    ("udp", "none", "AES-256-GCM"),
-    ("tcp", "tls-crypt", "CHACHA20-POLY1305"),
-    ("tcp", "tls-auth", "AES-256-GCM"),
+@pytest.mark.parametrize("proto,wrap,cipher,keys", [  # keys: prf when we do not offer tls-ekm
+    ("udp", "tls-crypt", "AES-256-GCM", "tls-ekm"),
+    ("udp", "tls-auth", "CHACHA20-POLY1305", "prf"),
+    ("udp", "none", "AES-256-GCM", "tls-ekm"),
+    ("udp", "tls-crypt-v2", "CHACHA20-POLY1305", "tls-ekm"),
+    ("tcp", "tls-crypt", "CHACHA20-POLY1305", "tls-ekm"),
+    ("tcp", "tls-auth", "AES-256-GCM", "prf"),
 ])
 def test_ingot_client_routes_a_lan_through_a_stock_server(lab, vpn_image, tmp_path, proto, wrap,
-                                                          cipher):
+                                                          cipher, keys):
     server, slog = _stock_server(lab, tmp_path, proto, wrap)
-    client, clog = _ingot_client(lab, vpn_image, tmp_path, proto, wrap, cipher)
+    client, clog = _ingot_client(lab, vpn_image, tmp_path, proto, wrap, cipher,
+                                 args=("--tls-ekm", "false") if keys == "prf" else ())
     H.wait_for(clog, "msg=connected", client, 30)
     text = clog.read_text()
     assert "address=10.200.8.2/24" in text and f"cipher={cipher}" in text, text[-2000:]
+    assert f"keys={keys}" in text, text[-2000:]
     assert "routes=10.200.9.0/24" in text
     assert lab["gw"].ping("10.200.8.1", count=2)
     ok = lab["lan2"].ping("10.200.9.2", count=3)  # lan2 -> gw -> tunnel -> srv -> lan

@@ -37,20 +37,21 @@ def _transfer(net: H.Net, size: int = 4 << 20) -> None:
     assert out[0] == str(size) and out[0:2] == out[2:4], out
 
 
-VARIANTS = [
-    ("udp", "tls-crypt", "AES-256-GCM"),
-    ("udp", "tls-auth", "CHACHA20-POLY1305"),
-    ("udp", "none", "AES-256-GCM"),
-    ("udp", "tls-crypt-v2", "AES-256-GCM"),
-    ("tcp", "tls-crypt", "CHACHA20-POLY1305"),
-    ("tcp", "tls-auth", "AES-256-GCM"),
+VARIANTS = [  # data keys: a stock 2.6 client offers tls-ekm; --tls-ekm false makes us use the PRF
+    ("udp", "tls-crypt", "AES-256-GCM", "tls-ekm"),
+    ("udp", "tls-auth", "CHACHA20-POLY1305", "tls-ekm"),
+    ("udp", "none", "AES-256-GCM", "prf"),
+    ("udp", "tls-crypt-v2", "AES-256-GCM", "tls-ekm"),
+    ("tcp", "tls-crypt", "CHACHA20-POLY1305", "prf"),
+    ("tcp", "tls-auth", "AES-256-GCM", "tls-ekm"),
 ]
 
 
-@pytest.mark.parametrize("proto,wrap,cipher", VARIANTS)
-def test_stock_client_connects_and_routes(net, vpn_image, tmp_path, proto, wrap, cipher):
+@pytest.mark.parametrize("proto,wrap,cipher,keys", VARIANTS)
+def test_stock_client_connects_and_routes(net, vpn_image, tmp_path, proto, wrap, cipher, keys):
     gw, glog = H.start_gateway(net, vpn_image, tmp_path,
-                               H.server_config(tmp_path, proto=proto, wrap=wrap))
+                               H.server_config(tmp_path, proto=proto, wrap=wrap),
+                               *(("--tls-ekm", "false") if keys == "prf" else ()))
     client, clog = H.start_client(net, H.client_config(tmp_path, proto=proto, wrap=wrap,
                                                        cipher=cipher), tmp_path)
     H.wait_for(clog, H.READY, client)
@@ -64,7 +65,7 @@ def test_stock_client_connects_and_routes(net, vpn_image, tmp_path, proto, wrap,
     stop(gw)
     log = glog.read_text()
     assert gw.returncode == 0, log[-3000:]
-    assert f"cipher={cipher}" in log and "cn=client1" in log
+    assert f"cipher={cipher}" in log and "cn=client1" in log and f"keys={keys}" in log
 
 
 @pytest.mark.parametrize("c2c", [False, True])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import ssl
 import struct
 from pathlib import Path
 
@@ -185,7 +184,7 @@ def _name(cn: str) -> x509.Name:
 
 
 @pytest.fixture(scope="module")
-def server_ctx(tmp_path_factory) -> ssl.SSLContext:
+def server_ctx(tmp_path_factory):
     d: Path = tmp_path_factory.mktemp("pki")
     now = datetime.datetime.now(datetime.timezone.utc)
 
@@ -204,7 +203,7 @@ def server_ctx(tmp_path_factory) -> ssl.SSLContext:
     (d / "server.crt").write_bytes(cert("server", key, ca_key, ca.subject, False).public_bytes(pem))
     (d / "server.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                      serialization.NoEncryption()))
-    return H.server_ssl_context(str(d / "server.crt"), str(d / "server.key"), str(d / "ca.crt"))
+    return H.server_tls_config(str(d / "server.crt"), str(d / "server.key"), str(d / "ca.crt"))
 
 
 @st.composite

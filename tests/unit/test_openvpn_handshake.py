@@ -29,7 +29,7 @@ S = 1_000_000_000
 CLIENT_SID = bytes.fromhex("0102030405060708")
 SERVER_SID = bytes.fromhex("a1b2c3d4e5f60718")
 SERVER_RANDOMS = bytes(range(64))
-PEER_INFO = ("IV_VER=2.6.14\nIV_PLAT=linux\nIV_PROTO=990\nIV_CIPHERS=AES-256-GCM:CHACHA20-POLY1305\n"
+PEER_INFO = ("IV_VER=2.6.14\nIV_PLAT=linux\nIV_PROTO=982\nIV_CIPHERS=AES-256-GCM:CHACHA20-POLY1305\n"
              "IV_MTU=1600\nIV_TCPNL=1\n")
 CLIENT_OPTIONS = "V4,dev-type tun,link-mtu 1559,tun-mtu 1500,proto UDPv4,keysize 256,key-method 2,tls-client"
 
@@ -77,8 +77,8 @@ def pki(tmp_path_factory) -> Path:
     return d
 
 
-def _server_ctx(pki: Path) -> ssl.SSLContext:
-    return H.server_ssl_context(str(pki / "server.crt"), str(pki / "server.key"), str(pki / "ca.crt"))
+def _server_ctx(pki: Path):
+    return H.server_tls_config(str(pki / "server.crt"), str(pki / "server.key"), str(pki / "ca.crt"))
 
 
 def _client_ctx(pki: Path, who: str = "client") -> ssl.SSLContext:
@@ -231,7 +231,7 @@ def test_handshake_reaches_same_data_keys(pki):
     assert not [e for e in events if isinstance(e, H.Failed)]
     assert est.cipher == "AES-256-GCM" and est.peer_id == 3
     assert est.client_common_name == "client"
-    assert est.peer_info["IV_VER"] == "2.6.14" and est.peer_info["IV_PROTO"] == "990"
+    assert est.peer_info["IV_VER"] == "2.6.14" and est.peer_info["IV_PROTO"] == "982"
     assert est.keys.key2 == client.keys().key2
     # client encrypts, server decrypts, and back
     c = client.keys().channel(est.cipher, server=False)
@@ -255,14 +255,28 @@ def test_push_reply_content(pki):
     assert p.get("ping") == ("10",) and p.get("ping-restart") == ("60",)
     assert p.get("peer-id") == ("3",)
     assert p.get("cipher") == ("AES-256-GCM",)
-    # IV_PROTO 990 has CC_EXIT_NOTIFY; never tls-ekm (no exporter in CPython's ssl)
+    # IV_PROTO 982 (a stock 2.6 client's 990 less TLS_KEY_EXPORT) has CC_EXIT_NOTIFY
     assert p.get("protocol-flags") == ("cc-exit",)
     assert p.get("tun-mtu") == ("1500",)
 
 
+def test_tls_ekm_when_the_client_offers_it(pki):
+    # this test client runs CPython's ssl, which cannot export keys: the Ingot client pairs
+    # with the server on exported keys in test_openvpn_server_client.py, stock OpenVPN in interop
+    client = MiniClient(_client_ctx(pki), 0, PEER_INFO.replace("IV_PROTO=982", "IV_PROTO=990"))
+    events, _, _ = run(make_server(pki), client, 0)
+    [est] = [e for e in events if isinstance(e, H.Established)]
+    assert est.ekm and est.keys.key2 != client.keys().key2
+    assert client.push.get("protocol-flags") == ("cc-exit", "tls-ekm")
+    events, _, _ = run(make_server(pki, tls_ekm=False), MiniClient(
+        _client_ctx(pki), 0, PEER_INFO.replace("IV_PROTO=982", "IV_PROTO=990")), 0)
+    [est] = [e for e in events if isinstance(e, H.Established)]
+    assert not est.ekm
+
+
 def test_cipher_follows_server_preference_within_client_offer(pki):
     server = make_server(pki, data_ciphers=("CHACHA20-POLY1305", "AES-256-GCM"))
-    client = MiniClient(_client_ctx(pki), 0, PEER_INFO.replace("IV_PROTO=990", "IV_PROTO=6"))
+    client = MiniClient(_client_ctx(pki), 0, PEER_INFO.replace("IV_PROTO=982", "IV_PROTO=6"))
     events, _, _ = run(server, client, 0)
     [est] = [e for e in events if isinstance(e, H.Established)]
     assert est.cipher == "CHACHA20-POLY1305"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import ipaddress
-import ssl
 import struct
 from pathlib import Path
 
@@ -18,8 +17,9 @@ import pytest
 
 from plugins.openvpn import client as C
 from plugins.openvpn import crypto
+from plugins.openvpn import handshake as H
+from plugins.openvpn import wire
 from plugins.openvpn import server as S
-from plugins.tls.context import load_chain
 
 ROOT = Path(__file__).resolve().parents[2]
 VPN = ROOT / "configs" / "vpn"
@@ -42,10 +42,8 @@ class Entropy:
 
 
 def _server(**kw) -> S.Server:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    load_chain(ctx, (VPN / "server/server.crt").read_bytes(), (VPN / "server/server.key").read_bytes())
-    ctx.load_verify_locations(cadata=(VPN / "server/ca.crt").read_text())
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx = H.server_tls_config(str(VPN / "server/server.crt"), str(VPN / "server/server.key"),
+                              str(VPN / "server/ca.crt"))
     key2 = crypto.parse_static_key((VPN / "server/tc.key").read_text())
     settings = S.ServerSettings(ctx, ipaddress.IPv4Network("10.200.8.0/24"),
                                 wrapper=lambda: crypto.TlsCrypt(key2, server=True), **kw)
@@ -53,14 +51,13 @@ def _server(**kw) -> S.Server:
 
 
 def _client(name: str = "client1", **kw) -> C.Client:
-    def load(ctx):
-        load_chain(ctx, (VPN / f"clients/{name}.crt").read_bytes(),
-                   (VPN / f"clients/{name}.key").read_bytes())
-
-    ctx = C.client_ssl_context((VPN / "clients/ca.crt").read_text(), load)
+    ctx = C.client_tls_config((VPN / "clients/ca.crt").read_text(),
+                              (VPN / f"clients/{name}.crt").read_text(),
+                              (VPN / f"clients/{name}.key").read_text())
     key2 = crypto.parse_static_key((VPN / "clients/tc.key").read_text())
-    kw = {"server_eku": True, "verify_server_name": "server", **kw}
-    settings = C.ClientSettings(ctx, wrapper=lambda: crypto.TlsCrypt(key2, server=False), **kw)
+    kw = {"server_eku": True, "verify_server_name": "server",
+          "wrapper": lambda: crypto.TlsCrypt(key2, server=False), **kw}
+    settings = C.ClientSettings(ctx, **kw)
     return C.Client(settings, Entropy(name.encode()), 0)
 
 
@@ -136,6 +133,53 @@ def test_client_connects_and_packets_cross_both_ways(link):
     link._take_server(link.server.from_tun(down, link.now))
     link.run(0.05)
     assert link.tun_client == [down]
+
+
+@pytest.mark.parametrize("server_ekm,client_ekm", [(True, True), (True, False), (False, True)])
+def test_data_keys_by_tls_ekm_or_prf_through_renegotiation(server_ekm, client_ekm):
+    link = Link(_server(reneg_s=3, tls_ekm=server_ekm), _client(reneg_s=0, tls_ekm=client_ekm))
+    link.run(0.5)
+    assert link.connected is not None, link.client.counters
+    flags = link.connected.push.get("protocol-flags")
+    ekm = server_ekm and client_ekm
+    assert flags == (("cc-exit", "tls-ekm") if ekm else ("cc-exit",))
+    peer = next(iter(link.server.peers.values()))
+    link.run(3)  # the server renegotiates: the new key is made the same way
+    assert peer.session.key_id == 1 and link.client.current.key_id == 1
+    for ks in (peer.session, link.client.current):
+        assert ks.ekm is ekm
+    up, down = _icmp("10.200.8.2", "10.200.9.2"), _icmp("10.200.9.2", "10.200.8.2")
+    link._take_client(link.client.from_tun(up, link.now))
+    link._take_server(link.server.from_tun(down, link.now))
+    link.run(0.05)
+    assert link.tun_server == [up] and link.tun_client == [down]
+    assert not link.server.counters["drop.auth"] and not link.client.counters["drop.auth"]
+
+
+def test_tls_crypt_v2_client_key_wrapped_by_the_server_key():
+    entropy = Entropy(b"v2 keys")
+    server_key = crypto.TlsCryptV2ServerKey(crypto.Key(entropy(64), entropy(64)))
+    kc = crypto.Key2.from_bytes(entropy(256))
+    client_key = crypto.TlsCryptV2ClientKey(kc, server_key.wrap_client_key(kc, b"\x00user"))
+    server = _server(reneg_s=0)
+    server = S.Server(S.ServerSettings(server.settings.tls, server.settings.network,
+                                       v2_key=server_key), Entropy(b"server"))
+    link = Link(server, _client(wrapper=client_key.wrapper))
+    first = link.to_server[0]
+    assert first[0] >> 3 == wire.Opcode.P_CONTROL_HARD_RESET_CLIENT_V3
+    assert first.endswith(client_key.wkc)
+    link.run(0.5)
+    assert link.connected is not None, (link.client.counters, link.server.counters)
+    up = _icmp("10.200.8.2", "10.200.9.2")
+    link._take_client(link.client.from_tun(up, link.now))
+    link.run(0.05)
+    assert link.tun_server == [up]
+    # a client key wrapped by another server key gets nowhere
+    other = crypto.TlsCryptV2ServerKey(crypto.Key(entropy(64), entropy(64)))
+    stranger = crypto.TlsCryptV2ClientKey(kc, other.wrap_client_key(kc, b""))
+    link2 = Link(server, _client(wrapper=stranger.wrapper), addr=("10.200.7.3", 40000))
+    link2.run(0.5)
+    assert link2.connected is None and server.counters["drop.tls-crypt-v2 client key"] >= 1
 
 
 def test_replayed_tampered_and_spoofed_data_is_dropped_and_counted(link):
