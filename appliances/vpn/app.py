@@ -35,7 +35,7 @@ def tls_config(plan: ServerPlan) -> TlsConfig:
     checked against the CA (and the CRL: a revoked client is refused)."""
     try:
         return TlsConfig(server=True, cert_pem=plan.cert, key_pem=plan.key, ca_pem=plan.ca,
-                         crl_pem=plan.crl or None)
+                         crl_pem=plan.crl or None, min_version=plan.tls_min)
     except ValueError as e:
         raise ConfigError(f"cannot load the certificates: {e}") from None
 
@@ -120,7 +120,7 @@ class Vpn:
 
     async def _start_client(self, plan: ClientPlan) -> None:
         try:
-            ctx = client_tls_config(plan.ca, plan.cert, plan.key)
+            ctx = client_tls_config(plan.ca, plan.cert, plan.key, min_version=plan.tls_min)
         except ValueError as e:
             raise ConfigError(f"cannot load the certificates: {e}") from None
         if plan.wrap == "tls-crypt-v2":
@@ -135,6 +135,7 @@ class Vpn:
             wrapper = None
         settings = ClientSettings(ctx, wrapper=wrapper, data_ciphers=plan.data_ciphers,
                                   auth=plan.auth, proto=plan.proto, reneg_s=plan.reneg_s,
+                                  reneg_bytes=plan.reneg_bytes, reneg_pkts=plan.reneg_pkts,
                                   tran_window_s=plan.tran_window_s,
                                   hand_window_s=plan.hand_window_s, server_eku=plan.server_eku,
                                   verify_server_name=plan.verify_name,

@@ -49,11 +49,11 @@ PEER_INFO_PROTO = wire.IV_PROTO_DATA_V2 | wire.IV_PROTO_CC_EXIT_NOTIFY | wire.IV
 _MAX_PUSH_PARTS = 64
 
 
-def client_tls_config(ca: str, cert: str, key: str) -> TlsConfig:
+def client_tls_config(ca: str, cert: str, key: str, min_version: str = "1.2") -> TlsConfig:
     """The control channel's TLS client config: our certificate and key, the server's
     certificate checked against ``ca`` (PEM text). ``verify-x509-name`` and ``remote-cert-tls``
     are checked by the client on the peer certificate, not as a host name."""
-    return TlsConfig(server=False, cert_pem=cert, key_pem=key, ca_pem=ca)
+    return TlsConfig(server=False, cert_pem=cert, key_pem=key, ca_pem=ca, min_version=min_version)
 
 
 @dataclass(frozen=True)
@@ -325,6 +325,10 @@ class ClientSettings:
     auth: str = "SHA1"
     proto: str = "udp"
     reneg_s: int = 3600
+    reneg_bytes: int = 0
+    """Renegotiate once a key has carried this many data bytes, in and out (0: never)."""
+    reneg_pkts: int = 0
+    """Renegotiate once a key has carried this many data packets, in and out (0: never)."""
     tran_window_s: int = 60
     hand_window_s: int = 60
     server_eku: bool = False
@@ -360,6 +364,8 @@ class Client:
         self.last_rx_ns = now_ns
         self.last_tx_ns = now_ns
         self.key_made_ns = now_ns
+        self.key_bytes = 0
+        self.key_packets = 0
         self.connected: Connected | None = None
         self.gone = False
         self.events: list[tuple[str, dict]] = []
@@ -459,8 +465,7 @@ class Client:
                 del self.expiry[key_id]
                 self.channels.pop(key_id, None)
                 self.keystates.pop(key_id, None)
-        if self.settings.reneg_s and self.channel is not None and not self._pending() \
-                and now_ns >= self.key_made_ns + self.settings.reneg_s * SECOND:
+        if self.channel is not None and not self._pending() and self._key_used_up(now_ns):
             ks = self._renegotiate(self.current.key_id % 7 + 1, now_ns)
             out += self._events(ks, ks.start(now_ns), now_ns, wall_s)
         for ks in list(self.keystates.values()):
@@ -480,6 +485,12 @@ class Client:
     def _pending(self) -> bool:
         return any(not ks.established for ks in self.keystates.values())
 
+    def _key_used_up(self, now_ns: int) -> bool:
+        s = self.settings
+        return bool((s.reneg_s and now_ns >= self.key_made_ns + s.reneg_s * SECOND)
+                    or (s.reneg_bytes and self.key_bytes >= s.reneg_bytes)
+                    or (s.reneg_pkts and self.key_packets >= s.reneg_pkts))
+
     def _renegotiate(self, key_id: int, now_ns: int) -> ClientSession:
         for old in [k for k, ks in self.keystates.items() if not ks.established]:
             del self.keystates[old]
@@ -494,6 +505,8 @@ class Client:
 
     def _encrypt(self, payload: bytes, now_ns: int) -> ToServer:
         self.last_tx_ns = now_ns
+        self.key_bytes += len(payload)
+        self.key_packets += 1
         iv = None if self.channel.aead else self._entropy(16)
         return ToServer(self.channel.encrypt(self.header, payload, iv))
 
@@ -508,6 +521,8 @@ class Client:
         except CryptoError:
             return self._drop("auth")
         self.last_rx_ns = now_ns
+        self.key_bytes += len(payload)
+        self.key_packets += 1
         if payload == wire.PING_MAGIC:
             self.counters["ping"] += 1
             return []
@@ -542,6 +557,7 @@ class Client:
                 self.channel = channel
                 self.current = ks
                 self.key_made_ns = now_ns
+                self.key_bytes = self.key_packets = 0
                 self.header = DataChannel.header_v2(ks.key_id, self.peer_id)
                 if ev.push is not None:
                     self.connected = connected

@@ -17,7 +17,10 @@ from .config import Config, ConfigError, Directive, split_push
 from .crypto import AEAD_CIPHERS, CBC_CIPHERS
 
 __all__ = ["ServerPlan", "files_needed", "server_plan", "control_wrap", "data_ciphers",
-           "FILE_DIRECTIVES"]
+           "tunnel_checks", "auth_digest", "tls_min_version", "FILE_DIRECTIVES"]
+
+AUTH_DIGESTS = ("SHA1", "SHA256", "SHA384", "SHA512")
+"""``auth`` digests we have (tls-auth HMAC and the CBC ciphers' HMAC)."""
 
 FILE_DIRECTIVES = ("ca", "cert", "key", "crl-verify", "tls-crypt", "tls-auth", "tls-crypt-v2",
                    "dh")
@@ -49,6 +52,8 @@ class ServerPlan:
     reneg_s: int = 3600
     tran_window_s: int = 60
     v2_key: crypto.TlsCryptV2ServerKey | None = None
+    tls_min: str = "1.2"
+    """The lowest TLS version accepted: "1.2" or "1.3" (``tls-version-min``)."""
 
 
 def _where(cfg: Config, d: Directive) -> str:
@@ -87,13 +92,13 @@ def control_wrap(cfg: Config, text) -> tuple[str | None, crypto.Key2 | None, int
     """The control channel's wrapping: (``tls-crypt``/``tls-auth``/None, its key, the
     tls-auth key direction); ``text(name)`` reads a directive's file. ``tls-crypt-v2`` gives
     ``("tls-crypt-v2", None, None)``: its key (a server's or a client's) is the caller's."""
+    present = [cfg.last(n) for n in ("tls-crypt-v2", "tls-crypt", "tls-auth") if cfg.has(n)]
+    if len(present) > 1:
+        later = max(present, key=lambda d: d.line)
+        names = " and ".join(d.name for d in sorted(present, key=lambda d: d.line))
+        raise ConfigError(f"{_where(cfg, later)}: {names} cannot both be used (one wrapping)")
     if cfg.has("tls-crypt-v2"):
-        if cfg.has("tls-crypt") or cfg.has("tls-auth"):
-            raise ConfigError(f"{cfg.source}: tls-crypt-v2 cannot be combined with tls-crypt "
-                              "or tls-auth")
         return "tls-crypt-v2", None, None
-    if cfg.has("tls-crypt") and cfg.has("tls-auth"):
-        raise ConfigError(f"{cfg.source}: tls-crypt and tls-auth cannot both be used")
     for name in ("tls-crypt", "tls-auth"):
         if cfg.has(name):
             d = cfg.last(name)
@@ -113,11 +118,51 @@ def data_ciphers(cfg: Config) -> tuple[str, ...]:
     """``data-ciphers`` (OpenVPN 2.6's default list when absent), each one we have."""
     text = cfg.value("data-ciphers", "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305")
     ciphers = tuple(c.upper() for c in text.split(":") if c)
+    if not ciphers:
+        raise ConfigError(f"{_where(cfg, cfg.last('data-ciphers'))}: data-ciphers names no cipher")
     for c in ciphers:
         if c not in AEAD_CIPHERS and c not in CBC_CIPHERS:
             raise ConfigError(f"{_where(cfg, cfg.last('data-ciphers'))}: data cipher {c!r} is "
                               f"not supported ({', '.join([*AEAD_CIPHERS, *CBC_CIPHERS])})")
     return ciphers
+
+
+def tunnel_checks(cfg: Config) -> None:
+    """What either mode needs of the tunnel: ``dev tun``, ``dev-type tun``, ``topology subnet``."""
+    dev = cfg.last("dev")
+    if dev is not None and not dev.args[0].startswith("tun"):
+        raise ConfigError(f"{_where(cfg, dev)}: only `dev tun` is supported (IP packets), "
+                          f"not {dev.args[0]!r}")
+    dt = cfg.last("dev-type")
+    if dt is not None and dt.args[0] != "tun":
+        raise ConfigError(f"{_where(cfg, dt)}: only dev-type tun is supported")
+    topo = cfg.last("topology")
+    if topo is not None and topo.args[0] != "subnet":
+        raise ConfigError(f"{_where(cfg, topo)}: only `topology subnet` is supported, "
+                          f"not {topo.args[0]!r}")
+
+
+def auth_digest(cfg: Config) -> str:
+    """``auth`` (default SHA1), one we have."""
+    d = cfg.last("auth")
+    name = (d.args[0] if d is not None else "SHA1").upper()
+    if name not in AUTH_DIGESTS:
+        raise ConfigError(f"{_where(cfg, d)}: auth {d.args[0]!r} is not supported "
+                          f"({', '.join(AUTH_DIGESTS)})")
+    return name
+
+
+def tls_min_version(cfg: Config) -> str:
+    """``tls-version-min 1.3`` raises our minimum; 1.0-1.2 leave it at 1.2 (never lower)."""
+    d = cfg.last("tls-version-min")
+    if d is None:
+        return "1.2"
+    if len(d.args) > 1 and d.args[1] != "or-highest":
+        raise ConfigError(f"{_where(cfg, d)}: tls-version-min VERSION [or-highest], "
+                          f"not {d.args[1]!r}")
+    if d.args[0] not in ("1.0", "1.1", "1.2", "1.3"):
+        raise ConfigError(f"{_where(cfg, d)}: tls-version-min {d.args[0]!r} (1.2 or 1.3)")
+    return "1.3" if d.args[0] == "1.3" else "1.2"
 
 
 def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
@@ -142,17 +187,9 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
         d = cfg.last("client") or cfg.last("tls-client")
         raise ConfigError(f"{_where(cfg, d)}: this is a client config; the gateway's server "
                           "mode needs `server NET MASK`")
-    dev = cfg.last("dev")
-    if dev is not None and not dev.args[0].startswith("tun"):
-        raise ConfigError(f"{_where(cfg, dev)}: only `dev tun` is supported (IP packets), "
-                          f"not {dev.args[0]!r}")
-    dt = cfg.last("dev-type")
-    if dt is not None and dt.args[0] != "tun":
-        raise ConfigError(f"{_where(cfg, dt)}: only dev-type tun is supported")
-    topo = cfg.last("topology")
-    if topo is not None and topo.args[0] != "subnet":
-        raise ConfigError(f"{_where(cfg, topo)}: only `topology subnet` is supported, "
-                          f"not {topo.args[0]!r}")
+    tunnel_checks(cfg)
+    if (d := cfg.last("mode")) is not None and d.args[0] != "server":
+        raise ConfigError(f"{_where(cfg, d)}: only `mode server` is supported, not {d.args[0]!r}")
     srv = cfg.last("server")
     if srv is None:
         raise ConfigError(f"{cfg.source}: `server NET MASK` is required (the tunnel subnet)")
@@ -162,6 +199,9 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
         raise ConfigError(f"{_where(cfg, srv)}: bad server subnet: {e}") from None
     if network.num_addresses < 4:
         raise ConfigError(f"{_where(cfg, srv)}: the server subnet is too small")
+    if len(srv.args) > 2:
+        raise ConfigError(f"{_where(cfg, srv)}: `server ... {srv.args[2]}` is not supported "
+                          "(the gateway hands out the subnet's addresses itself)")
     pool = None
     if (d := cfg.last("ifconfig-pool")) is not None:
         lo, hi = _addr(cfg, d, d.args[0]), _addr(cfg, d, d.args[1])
@@ -178,7 +218,9 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
                           "(udp, udp4, tcp, tcp-server)")
     port_d = cfg.last("lport") or cfg.last("port")
     port = _int(cfg, port_d, port_d.args[0], "port", 1, 65535) if port_d else 1194
-    host = cfg.value("local", "0.0.0.0") or "0.0.0.0"
+    host = "0.0.0.0"
+    if (d := cfg.last("local")) is not None:
+        host = str(_addr(cfg, d, d.args[0]))  # an address literal: the gateway resolves nothing
 
     wrap, wrap_key, direction = control_wrap(cfg, text)
     v2_key = None
@@ -188,7 +230,7 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
             v2_key = crypto.TlsCryptV2ServerKey.from_text(text("tls-crypt-v2"))
         except ValueError as e:
             raise ConfigError(f"{_where(cfg, d)}: tls-crypt-v2 server key: {e}") from None
-    auth = (cfg.value("auth", "SHA1") or "SHA1").upper()
+    auth = auth_digest(cfg)
 
     ciphers = data_ciphers(cfg)
 
@@ -219,6 +261,9 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
     mc = cfg.last("max-clients")
     hw = cfg.last("hand-window")
     mtu = cfg.last("tun-mtu")
+    if (d := cfg.last("crl-verify")) is not None and len(d.args) > 1:
+        raise ConfigError(f"{_where(cfg, d)}: `crl-verify FILE {d.args[1]}` is not supported "
+                          "(one PEM file of CRLs)")
     crl = text("crl-verify", required=False)
     return ServerPlan(
         proto=base, host=host, port=port, network=network, pool=pool,
@@ -229,4 +274,4 @@ def server_plan(cfg: Config, files: dict[str, str]) -> ServerPlan:
         max_clients=_int(cfg, mc, mc.args[0], "max-clients", 1) if mc else 1024,
         hand_window_s=_int(cfg, hw, hw.args[0], "hand-window", 1) if hw else 60,
         tun_mtu=_int(cfg, mtu, mtu.args[0], "tun-mtu", 576, 65535) if mtu else 1500,
-        reneg_s=reneg_s, tran_window_s=tran_s, v2_key=v2_key)
+        reneg_s=reneg_s, tran_window_s=tran_s, v2_key=v2_key, tls_min=tls_min_version(cfg))

@@ -87,16 +87,19 @@ def _verify(conn: SSL.Connection, cert, errnum: int, depth: int, ok: int) -> boo
 
 class TlsConfig:
     """What every key state's TLS session of one endpoint shares: certificate, key, CA, CRL,
-    TLS 1.2 at least, the peer's certificate required and verified. Build it once (it reads
+    TLS 1.2 at least (or 1.3: ``min_version``), the peer's certificate required and verified. Build it once (it reads
     the PEM data through memory files); :meth:`session` is cheap."""
 
     def __init__(self, *, server: bool, cert_pem: str, key_pem: str, ca_pem: str,
-                 crl_pem: str | None = None) -> None:
+                 crl_pem: str | None = None, min_version: str = "1.2") -> None:
         from ingot.plugins.tls.context import private_file
 
         self.server = server
         ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        versions = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+        if min_version not in versions:
+            raise ValueError(f"TLS minimum version {min_version!r} (1.2 or 1.3)")
+        ctx.set_min_proto_version(versions[min_version])
         ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         try:

@@ -293,9 +293,21 @@ BAD_SERVER = [
     (APPEND, "reneg-bytes 1000", None, f"server.conf:{N}: reneg-bytes is not supported"),
     (APPEND, "reneg-pkts 5000", None, f"server.conf:{N}: reneg-pkts is not supported"),
     (APPEND, "reneg-bytes lots", None, f"server.conf:{N}: reneg-bytes must be a number"),
-    # the two combination refusals name the file only (see the report)
-    (APPEND, "tls-auth ta.key 0", None, "server.conf: tls-crypt and tls-auth cannot both be used"),
-    (APPEND, "tls-crypt-v2 v2.key", None, "server.conf: tls-crypt-v2 cannot be combined"),
+    # two wrappings: the later line is named
+    (APPEND, "tls-auth ta.key 0", None,
+     f"server.conf:{N}: tls-crypt and tls-auth cannot both be used"),
+    (APPEND, "tls-crypt-v2 v2.key", None,
+     f"server.conf:{N}: tls-crypt and tls-crypt-v2 cannot both be used"),
+    (APPEND, "auth MD5", None, f"server.conf:{N}: auth 'MD5' is not supported"),
+    (APPEND, "auth BOGUS", None, f"server.conf:{N}: auth 'BOGUS' is not supported"),
+    (14, "data-ciphers :", None, "server.conf:14: data-ciphers names no cipher"),
+    (APPEND, "mode p2p", None, f"server.conf:{N}: only `mode server` is supported"),
+    (7, "server 10.200.8.0 255.255.255.0 nopool", None, "server.conf:7: `server ... nopool`"),
+    (APPEND, "local vpn.example.com", None,
+     f"server.conf:{N}: 'vpn.example.com' is not an IPv4 address"),
+    (11, "crl-verify crls dir", None, "server.conf:11: `crl-verify FILE dir` is not supported"),
+    (APPEND, "tls-version-min 1.4", None, f"server.conf:{N}: tls-version-min '1.4'"),
+    (APPEND, "tls-version-min 1.2 or-lowest", None, f"server.conf:{N}: tls-version-min VERSION"),
     (8, "ca missing-ca.crt", None, "server.conf:8: ca file 'missing-ca.crt' not found"),
 ]
 
@@ -450,13 +462,21 @@ M = CLIENT1_LINES + 1  # the line an appended directive gets in client1.conf
      f"client1.conf:{M}: only `verify-x509-name NAME name`"),
     (APPEND, "verify-x509-name x", f"client1.conf:{M}: only `verify-x509-name NAME name`"),
     (APPEND, "verify-x509-name x name-prefix", f"client1.conf:{M}: only `verify-x509-name"),
-    (3, "dev tap", "client1.conf:3: only `dev tun` is supported, not 'tap'"),
+    (3, "dev tap", "client1.conf:3: only `dev tun` is supported (IP packets), not 'tap'"),
+    (APPEND, "dev-type tap", f"client1.conf:{M}: only dev-type tun is supported"),
+    (APPEND, "topology net30", f"client1.conf:{M}: only `topology subnet` is supported"),
+    (APPEND, "mode server", f"client1.conf:{M}: `mode` is a server directive"),
+    (APPEND, "tls-server", f"client1.conf:{M}: `tls-server` is a server directive"),
+    (APPEND, "server 10.8.0.0 255.255.255.0", f"client1.conf:{M}: `server` is a server directive"),
+    (APPEND, "auth MD5", f"client1.conf:{M}: auth 'MD5' is not supported"),
+    (13, "data-ciphers :", "client1.conf:13: data-ciphers names no cipher"),
+    (APPEND, "reneg-bytes -1", f"client1.conf:{M}: reneg-bytes must be 0"),
     (4, "proto udp6", "client1.conf:4: proto 'udp6' is not supported"),
     (4, "proto tcp-server", "client1.conf:4: proto 'tcp-server' is not supported"),
     (APPEND, "port 99999", f"client1.conf:{M}: port must be 1 to 65535"),
     (13, "data-ciphers AES-256-GCM:BF-CBC", "client1.conf:13: data cipher 'BF-CBC'"),
-    (APPEND, "tls-auth ta.key 1", "client1.conf: tls-crypt and tls-auth cannot both be used"),
-    (APPEND, "tls-crypt-v2 v2.key", "client1.conf: tls-crypt-v2 cannot be combined"),
+    (APPEND, "tls-auth ta.key 1", f"client1.conf:{M}: tls-crypt and tls-auth cannot both be used"),
+    (APPEND, "tls-crypt-v2 v2.key", f"client1.conf:{M}: tls-crypt and tls-crypt-v2 cannot both"),
     (9, "ca other-ca.crt", "client1.conf:9: ca file 'other-ca.crt' not found"),
     (10, None, "client1.conf: `cert` is required in client mode"),
     (APPEND, "reneg-sec -5", f"client1.conf:{M}: reneg-sec must be 0"),
@@ -467,6 +487,25 @@ def test_bad_client_config(line, new, fragment):
     with pytest.raises(ConfigError) as e:
         _client1(_edit(CLIENT1_TEXT, line, new))
     assert fragment in str(e.value)
+
+
+def test_client_proto_in_remote_named_even_with_a_proto_line():
+    text = _edit(CLIENT1_TEXT, 5, "remote 10.200.7.1 1194 udp6")  # line 4 says `proto udp`
+    with pytest.raises(ConfigError, match=r"client1\.conf:5: proto 'udp6' is not supported"):
+        _client1(text)
+
+
+def test_client_renegotiation_limits_and_tls_minimum():
+    plan = _client1(_edit(_edit(CLIENT1_TEXT, None, "reneg-bytes 1000000"), None,
+                          "reneg-pkts 5000") + "tls-version-min 1.3 or-highest\n")
+    assert (plan.reneg_bytes, plan.reneg_pkts, plan.tls_min) == (1000000, 5000, "1.3")
+    assert _client1(CLIENT1_TEXT).tls_min == "1.2"
+
+
+@pytest.mark.parametrize("value,expect", [("1.0", "1.2"), ("1.2", "1.2"), ("1.3", "1.3")])
+def test_server_tls_minimum(value, expect):
+    plan = _server(_edit(SERVER_TEXT, None, f"tls-version-min {value}"), SERVER_FILES)
+    assert plan.tls_min == expect
 
 
 def test_client_proto_in_remote_refused():

@@ -240,6 +240,23 @@ def test_client_renegotiates_itself():
     assert not link.client.gone and link.server.peers
 
 
+@pytest.mark.parametrize("limit", [{"reneg_bytes": 50_000}, {"reneg_pkts": 200}])
+def test_client_renegotiates_after_bytes_or_packets(limit):
+    link = Link(_server(reneg_s=0), _client(reneg_s=0, **limit))
+    link.run(0.5)
+    assert link.client.current.key_id == 0
+    up = _icmp("10.200.8.2", "10.200.9.2") + bytes(300)
+    for _ in range(100):  # 100 packets, 33 kB: under both limits
+        link._take_client(link.client.from_tun(up, link.now))
+    link.run(0.5)
+    assert link.client.current.key_id == 0 and link.client.counters["renegotiations"] == 0
+    for _ in range(100):
+        link._take_client(link.client.from_tun(up, link.now))
+    link.run(1)
+    assert link.client.current.key_id == 1, link.client.counters
+    assert link.client.key_bytes < 50_000 and len(link.tun_server) == 200
+
+
 def test_silent_client_is_dropped_after_ping_restart(link):
     link.client.gone = True  # the client stops answering
     link.run(121)

@@ -148,3 +148,16 @@ def test_a_key_that_does_not_match_the_certificate_is_refused():
     with pytest.raises(ValueError, match="private key"):
         TlsConfig(server=True, cert_pem=_read("server/server.crt"),
                   key_pem=_read("clients/client1.key"), ca_pem=_read("server/ca.crt"))
+
+
+def test_tls_minimum_version():
+    server = TlsConfig(server=True, cert_pem=_read("server/server.crt"),
+                       key_pem=_read("server/server.key"), ca_pem=_read("server/ca.crt"),
+                       min_version="1.3")
+    c, s = _client().session(), server.session()
+    assert _pump(c, s) == (True, True)
+    assert s._conn.get_protocol_version_name() == "TLSv1.3"
+    with pytest.raises(ValueError, match="1.2 or 1.3"):
+        TlsConfig(server=True, cert_pem=_read("server/server.crt"),
+                  key_pem=_read("server/server.key"), ca_pem=_read("server/ca.crt"),
+                  min_version="1.1")
