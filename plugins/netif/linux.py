@@ -268,6 +268,59 @@ def _rta(kind: int, data: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+def _rtnl(msg: bytes, what: str) -> bytes:
+    """Send one rtnetlink request; the first reply, or a DeviceError for an NLMSG_ERROR."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.settimeout(5)
+        try:
+            nl.send(msg)
+            reply = nl.recv(65536)
+        except OSError as exc:
+            raise os_error(exc, what) from None
+    if len(reply) >= 20 and struct.unpack_from("H", reply, 4)[0] == 2:  # NLMSG_ERROR
+        err = -struct.unpack_from("i", reply, 16)[0]
+        if err:
+            raise os_error(OSError(err, os.strerror(err)), what)
+    return reply
+
+
+def add_route_v4(network: str, prefixlen: int, gateway: str | None, oif: int, what: str) -> None:
+    """Add (or replace) an IPv4 route in the main table, out of interface index ``oif``."""
+    attrs = _rta(1, socket.inet_aton(network)) + _rta(4, struct.pack("I", oif))  # DST, OIF
+    scope = 253  # RT_SCOPE_LINK
+    if gateway is not None:
+        attrs += _rta(5, socket.inet_aton(gateway))  # RTA_GATEWAY
+        scope = 0  # RT_SCOPE_UNIVERSE
+    # rtmsg: family, dst_len, src_len, tos, table main, protocol static, scope, unicast
+    body = struct.pack("BBBBBBBBI", socket.AF_INET, prefixlen, 0, 0, 254, 4, scope, 1, 0) + attrs
+    flags = 0x1 | 0x4 | 0x400 | 0x100  # REQUEST, ACK, CREATE, REPLACE
+    _rtnl(struct.pack("IHHII", 16 + len(body), 24, flags, 1, 0) + body, what)  # RTM_NEWROUTE
+
+
+def route_v4(destination: str) -> tuple[str | None, int]:
+    """How the kernel reaches ``destination`` now: (gateway or None when on-link, interface
+    index), by ``RTM_GETROUTE`` (what ``ip route get`` asks)."""
+    body = struct.pack("BBBBBBBBI", socket.AF_INET, 32, 0, 0, 0, 0, 0, 0, 0)
+    body += _rta(1, socket.inet_aton(destination))
+    reply = _rtnl(struct.pack("IHHII", 16 + len(body), 26, 0x1, 1, 0) + body,  # RTM_GETROUTE
+                  f"route to {destination}")
+    length, kind = struct.unpack_from("IH", reply, 0)
+    if kind != 24 or length > len(reply):
+        raise DeviceError(f"route to {destination}: unexpected rtnetlink reply {kind}")
+    gateway, oif, pos = None, 0, 16 + 12  # nlmsghdr, rtmsg
+    while pos + 4 <= length:
+        alen, atype = struct.unpack_from("HH", reply, pos)
+        if alen < 4:
+            break
+        data = reply[pos + 4:pos + alen]
+        if atype == 5 and len(data) == 4:
+            gateway = socket.inet_ntoa(data)
+        elif atype == 4 and len(data) == 4:
+            oif = struct.unpack("I", data)[0]
+        pos += (alen + 3) & ~3
+    return gateway, oif
+
+
 class Interface:
     """Facts about one interface, read through a socket in its namespace."""
 
@@ -311,29 +364,8 @@ class Interface:
     def add_route_v4(self, network: str, prefixlen: int, gateway: str | None = None) -> None:
         """Add (or replace) an IPv4 route to ``network/prefixlen`` out of this interface, via
         ``gateway`` when given, in the main table (``RTM_NEWROUTE`` over rtnetlink)."""
-        index = socket.if_nametoindex(self.name)
-        attrs = _rta(1, socket.inet_aton(network)) + _rta(4, struct.pack("I", index))  # DST, OIF
-        scope = 253  # RT_SCOPE_LINK
-        if gateway is not None:
-            attrs += _rta(5, socket.inet_aton(gateway))  # RTA_GATEWAY
-            scope = 0  # RT_SCOPE_UNIVERSE
-        # rtmsg: family, dst_len, src_len, tos, table main, protocol static, scope, unicast
-        body = struct.pack("BBBBBBBBI", socket.AF_INET, prefixlen, 0, 0, 254, 4, scope, 1, 0)
-        body += attrs
-        flags = 0x1 | 0x4 | 0x400 | 0x100  # REQUEST, ACK, CREATE, REPLACE
-        msg = struct.pack("IHHII", 16 + len(body), 24, flags, 1, 0) + body  # RTM_NEWROUTE
-        what = f"{self.name}: add route {network}/{prefixlen}"
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
-            nl.settimeout(5)
-            try:
-                nl.send(msg)
-                reply = nl.recv(4096)
-            except OSError as exc:
-                raise os_error(exc, what) from None
-        if len(reply) >= 20 and struct.unpack_from("H", reply, 4)[0] == 2:  # NLMSG_ERROR
-            err = -struct.unpack_from("i", reply, 16)[0]
-            if err:
-                raise os_error(OSError(err, os.strerror(err)), what)
+        add_route_v4(network, prefixlen, gateway, socket.if_nametoindex(self.name),
+                     f"{self.name}: add route {network}/{prefixlen}")
 
     def close(self) -> None:
         if self._own:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from typing import Any
 
 from ingot.registry import DeviceContext
@@ -32,7 +33,9 @@ from .linux import (
     IFF_VNET_HDR,
     OFFLOADS,
     Interface,
+    add_route_v4,
     attach_tun,
+    route_v4,
     set_offload,
     set_vnet_size,
 )
@@ -53,6 +56,17 @@ class TunTap(FdDevice):
         """Route ``network/prefixlen`` into this interface (see
         :meth:`.linux.Interface.add_route_v4`)."""
         self._iface.add_route_v4(network, prefixlen, gateway)
+
+    def keep_route_to(self, host: str) -> str | None:
+        """Pin the current path to ``host`` (the VPN server) as a host route, so that routes
+        sending everything into this interface (``redirect-gateway``) leave the tunnel's own
+        packets alone. Returns the gateway used, or None when ``host`` is on-link (nothing
+        to pin)."""
+        gateway, oif = route_v4(host)
+        if gateway is None or oif == socket.if_nametoindex(self._iface.name):
+            return None
+        add_route_v4(host, 32, gateway, oif, f"pin the route to {host} via {gateway}")
+        return gateway
 
     MODE = IFF_TUN
     KIND = "tun"

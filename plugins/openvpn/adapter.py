@@ -326,6 +326,13 @@ class ClientAdapter(_Endpoint):
             except DeviceError as e:
                 self.log.warning("cannot set the tun address", error=str(e))
         router = getattr(self.tun, "add_route_v4", None)
+        keeper = getattr(self.tun, "keep_route_to", None)
+        if item.redirect and not item.redirect_local and keeper is not None:
+            try:  # before the /1 routes, while the path to the server is still the old one
+                via = keeper(self.host)
+                self.log.info("route to the server kept", server=self.host, via=via or "on-link")
+            except DeviceError as e:
+                self.log.warning("cannot keep the route to the server", error=str(e))
         for net in item.routes if router is not None else ():
             try:
                 router(str(net.network_address), net.prefixlen,
@@ -335,7 +342,9 @@ class ClientAdapter(_Endpoint):
         ekm = "tls-ekm" in (item.push.get("protocol-flags") or ())
         self.log.info("connected", address=str(item.address), gateway=str(item.gateway),
                       cipher=item.cipher, keys="tls-ekm" if ekm else "prf",
-                      routes=",".join(str(r) for r in item.routes) or "none")
+                      routes=",".join(str(r) for r in item.routes) or "none",
+                      redirect=item.redirect, dns=",".join(item.dns) or "none",
+                      **({"domain": item.domain} if item.domain else {}))
         self.connected.set()
 
     async def _tcp_reader(self, flow: Flow, client: Any, out, done: asyncio.Future) -> None:

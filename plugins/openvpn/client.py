@@ -310,6 +310,14 @@ class Connected:
     routes: tuple[ipaddress.IPv4Network, ...]
     cipher: str
     push: wire.PushReply
+    redirect: bool = False
+    """``redirect-gateway`` was pushed: everything goes into the tunnel (``routes`` then hold
+    0.0.0.0/1 and 128.0.0.0/1, as ``def1`` does), except the path to the server itself."""
+    redirect_local: bool = False
+    """``redirect-gateway local``: the server is on-link, no host route to keep."""
+    dns: tuple[str, ...] = ()
+    """``dhcp-option DNS`` addresses, in push order (reported; a router's DNS is the host's)."""
+    domain: str | None = None
 
 
 @dataclass(frozen=True)
@@ -598,5 +606,20 @@ class Client:
         for r in push.all("route"):
             mask = r[1] if len(r) > 1 else "255.255.255.255"
             routes.append(ipaddress.IPv4Network(f"{r[0]}/{mask}", strict=False))
-        return Connected(address, gateway, tuple(routes), self.cipher, push)
+        redirect = push.get("redirect-gateway")
+        if redirect is not None:  # def1 or not: two /1 routes override the default the same way
+            routes += [ipaddress.IPv4Network("0.0.0.0/1"), ipaddress.IPv4Network("128.0.0.0/1")]
+        dns, domain = [], None
+        for opt in push.all("dhcp-option"):
+            if len(opt) >= 2 and opt[0].upper() == "DNS":
+                try:
+                    dns.append(str(ipaddress.ip_address(opt[1])))
+                except ValueError:
+                    self.counters["drop.push dhcp-option"] += 1
+            elif len(opt) >= 2 and opt[0].upper() == "DOMAIN":
+                domain = opt[1]
+        return Connected(address, gateway, tuple(routes), self.cipher, push,
+                         redirect=redirect is not None,
+                         redirect_local="local" in (redirect or ()), dns=tuple(dns),
+                         domain=domain)
 

@@ -150,3 +150,45 @@ def test_ingot_client_renegotiates_and_reconnects(lab, vpn_image, tmp_path, side
     assert lab["lan2"].ping("10.200.9.2", count=3)
     stop(client)
     stop(server)
+
+
+@pytest.fixture
+def routed_lab(netns):
+    """gw 10.200.4.2 -- 10.200.4.1 rtr 10.200.7.2 -- 10.200.7.1 srv 10.200.3.1 -- 10.200.3.2 far:
+    the server is reached through a router, and `far` only through the tunnel."""
+    gw, rtr, srv, far = netns.host(), netns.host(), netns.host(), netns.host()
+    gw.link(rtr, "10.200.4.2/24", "10.200.4.1/24")
+    rtr.link(srv, "10.200.7.2/24", "10.200.7.1/24")
+    srv_far, _ = srv.link(far, "10.200.3.1/24", "10.200.3.2/24")
+    gw.add_route("10.200.7.0/24", via="10.200.4.1")
+    srv.add_route("10.200.4.0/24", via="10.200.7.2")
+    rtr.sysctl("net.ipv4.ip_forward", 1)
+    srv.sysctl("net.ipv4.ip_forward", 1)
+    _masquerade(srv, srv_far)
+    gw.tun("ovpn1")
+    return {"gw": gw, "rtr": rtr, "srv": srv, "far": far}
+
+
+def test_pushed_redirect_gateway_and_dns(routed_lab, vpn_image, tmp_path):
+    lab = routed_lab
+    server, slog = _stock_server(lab, tmp_path, "udp", "tls-crypt", extra=(
+        'push "redirect-gateway def1"', 'push "dhcp-option DNS 10.200.3.2"',
+        'push "dhcp-option DOMAIN vpn.example"'))
+    assert not lab["gw"].ping("10.200.3.2", count=1)  # not reachable outside the tunnel
+    client, clog = _ingot_client(lab, vpn_image, tmp_path, "udp", "tls-crypt", "AES-256-GCM")
+    H.wait_for(clog, "msg=connected", client, 30)
+    text = clog.read_text()
+    assert "redirect=True" in text and "dns=10.200.3.2" in text, text[-2000:]
+    assert "domain=vpn.example" in text
+    assert 'msg="route to the server kept" server=10.200.7.1 via=10.200.4.1' in text, text[-2000:]
+    routes = lab["gw"].ip("route")
+    assert "10.200.7.1 via 10.200.4.1" in routes, routes
+    assert "0.0.0.0/1 via 10.200.8.1 dev ovpn1" in routes and "128.0.0.0/1 via 10.200.8.1" in routes
+    # everything else now goes through the tunnel (and the srv's NAT) ...
+    assert lab["gw"].ping("10.200.3.2", count=3), (routes, clog.read_text()[-2000:])
+    # ... while the tunnel's own packets still take the router: it stays up
+    time.sleep(2)
+    assert lab["gw"].ping("10.200.3.2", count=2)
+    assert clog.read_text().count("msg=connected") == 1
+    stop(client)
+    stop(server)

@@ -257,6 +257,22 @@ def test_client_renegotiates_after_bytes_or_packets(limit):
     assert link.client.key_bytes < 50_000 and len(link.tun_server) == 200
 
 
+def test_pushed_redirect_gateway_and_dhcp_options():
+    push = (("route", "10.200.9.0", "255.255.255.0"), ("redirect-gateway", "def1", "local"),
+            ("dhcp-option", "DNS", "10.200.9.53"), ("dhcp-option", "DNS", "not-an-address"),
+            ("dhcp-option", "DOMAIN", "vpn.example"))
+    link = Link(_server(reneg_s=0, push=push), _client())
+    link.run(0.5)
+    c = link.connected
+    assert c.redirect and c.redirect_local
+    assert [str(r) for r in c.routes] == ["10.200.9.0/24", "0.0.0.0/1", "128.0.0.0/1"]
+    assert c.dns == ("10.200.9.53",) and c.domain == "vpn.example"
+    assert link.client.counters["drop.push dhcp-option"] == 1
+    plain = Link(_server(reneg_s=0), _client())
+    plain.run(0.5)
+    assert not plain.connected.redirect and plain.connected.dns == ()
+
+
 def test_silent_client_is_dropped_after_ping_restart(link):
     link.client.gone = True  # the client stops answering
     link.run(121)
