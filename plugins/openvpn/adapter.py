@@ -40,7 +40,6 @@ class _TcpClient:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(_TCP_QUEUE)
-        self.dropped = 0
 
 
 class _Endpoint:
@@ -118,8 +117,8 @@ class ServerAdapter(_Endpoint):
                     if c is not None:
                         try:
                             c.queue.put_nowait(wire.frame(item.data))
-                        except asyncio.QueueFull:
-                            c.dropped += 1
+                        except asyncio.QueueFull:  # in msg=counters, as drop_tcp_queue_full
+                            self.server.counters["drop.tcp queue full"] += 1
             elif isinstance(item, ToTun):
                 try:
                     self.tun.write(item.packet)

@@ -38,7 +38,7 @@ from .handshake import (DEFAULT_HAND_WINDOW_NS, DEFAULT_MAX_PAYLOAD, TLS_RELIABL
                         SendPacket, TlsKeyState, common_name)
 from .reliable import ReliableChannel
 from .tlsengine import TlsConfig
-from .wire import ControlPacket, MalformedPacket, Opcode
+from .wire import MalformedPacket, Opcode
 
 __all__ = ["ClientSession", "ClientEstablished", "Client", "ClientSettings", "ToServer", "ToTun",
            "Connected", "Disconnected", "client_tls_config", "PEER_INFO_PROTO"]
@@ -90,6 +90,8 @@ class ClientSession(TlsKeyState):
     random2 32)."""
 
     PEER = "server"
+    RESET_OP = Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
+    ACK_OWN_RESET = False  # ours goes first: there is no reset of theirs to ack yet
 
     def __init__(self, tls: TlsConfig, *, session_id: bytes, randoms: bytes,
                  now_ns: int, options: str, peer_info: str, key_id: int = 0, soft: bool = False,
@@ -195,25 +197,6 @@ class ClientSession(TlsKeyState):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _flush(self, now_ns: int, events: list) -> list:
-        packets = []
-        reset_op = Opcode.P_CONTROL_SOFT_RESET_V1 if self.soft else \
-            Opcode.P_CONTROL_HARD_RESET_CLIENT_V2
-        for out in self._chan.packets_due(now_ns):
-            reset = out.packet_id == self._reset_id
-            acks = out.acks
-            if self.remote_session_id is None:
-                acks = ()
-            packets.append(SendPacket(wire.build_control(ControlPacket(
-                reset_op if reset else Opcode.P_CONTROL_V1, self.key_id, self.session_id, acks,
-                self.remote_session_id if acks else None, out.packet_id,
-                b"" if reset else out.payload))))
-        if self.remote_session_id is not None:
-            while acks := self._chan.standalone_ack_due(now_ns):
-                packets.append(SendPacket(wire.build_control(ControlPacket(
-                    Opcode.P_ACK_V1, self.key_id, self.session_id, acks,
-                    self.remote_session_id))))
-        return packets + events
 
     def _start_tls(self) -> None:
         self._tls.handshake()  # only the ClientHello: nothing from the server yet

@@ -202,6 +202,30 @@ class TlsKeyState:
         if data:
             self._chan.send(data)
 
+    RESET_OP: Opcode
+    """Our first key state's reset opcode (a renegotiation's is SOFT_RESET_V1)."""
+    ACK_OWN_RESET: bool
+
+    def _flush(self, now_ns: int, events: list) -> list:
+        """Hand out what the reliable channel has due, ahead of any Failed / Established:
+        our reset (payload-less, with its own opcode), TLS records, standalone acks."""
+        packets = []
+        reset_op = Opcode.P_CONTROL_SOFT_RESET_V1 if self.soft else self.RESET_OP
+        remote = self.remote_session_id
+        for out in self._chan.packets_due(now_ns):
+            reset = out.packet_id == self._reset_id
+            acks = out.acks if remote is not None else ()
+            if not acks and reset and self.ACK_OWN_RESET and self._peer_reset_seen:
+                acks = (0,)
+            packets.append(SendPacket(wire.build_control(ControlPacket(
+                reset_op if reset else Opcode.P_CONTROL_V1, self.key_id, self.session_id, acks,
+                remote if acks else None, out.packet_id, b"" if reset else out.payload))))
+        if remote is not None:
+            while acks := self._chan.standalone_ack_due(now_ns):
+                packets.append(SendPacket(wire.build_control(ControlPacket(
+                    Opcode.P_ACK_V1, self.key_id, self.session_id, acks, remote))))
+        return packets + events
+
     def _tls_in(self, payload: bytes, events: list, now_ns: int) -> None:
         states = type(self.state)
         self._tls.feed(payload)
@@ -243,6 +267,8 @@ class ServerSession(TlsKeyState):
     """
 
     PEER = "client"
+    RESET_OP = Opcode.P_CONTROL_HARD_RESET_SERVER_V2
+    ACK_OWN_RESET = True  # every copy of our reset acks theirs, once we have it
 
     def __init__(self, tls: TlsConfig, push: PushOptions, *, session_id: bytes,
                  randoms: bytes, now_ns: int, hand_window_ns: int = DEFAULT_HAND_WINDOW_NS,
@@ -362,23 +388,6 @@ class ServerSession(TlsKeyState):
     def _stage(self) -> str:
         return self.state.value
 
-    def _flush(self, now_ns: int, events: list) -> list:
-        """Hand out what the reliable channel has due, ahead of any Failed / Established."""
-        packets = []
-        reset_op = (Opcode.P_CONTROL_SOFT_RESET_V1 if self.soft
-                    else Opcode.P_CONTROL_HARD_RESET_SERVER_V2)
-        for out in self._chan.packets_due(now_ns):
-            reset = out.packet_id == self._reset_id
-            # every copy of our reset acks theirs, once we have it
-            acks = out.acks or ((0,) if reset and self._peer_reset_seen else ())
-            packets.append(SendPacket(wire.build_control(ControlPacket(
-                reset_op if reset else Opcode.P_CONTROL_V1, self.key_id,
-                self.session_id, acks, self.remote_session_id if acks else None,
-                out.packet_id, b"" if reset else out.payload))))
-        while acks := self._chan.standalone_ack_due(now_ns):
-            packets.append(SendPacket(wire.build_control(ControlPacket(
-                Opcode.P_ACK_V1, self.key_id, self.session_id, acks, self.remote_session_id))))
-        return packets + events
 
     def _handshake_done(self, events: list) -> bool:
         self.common_name = common_name(self._tls.peer_certificate())
